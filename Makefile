@@ -1,0 +1,63 @@
+# iv2: two commands set up a fresh machine.
+#   make test   install (if needed), check iv2/ is what nbs/ exports, run every notebook's tests and tests/
+#   make demo   install (if needed), run the main job on the embedded default and render reports/
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PYTHONHASHSEED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install system-deps test export check-export nbtest pytest demo lab clean-nbs
+
+install: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	command -v espeak-ng >/dev/null || $(MAKE) system-deps
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU build on local disk (never let a dependency pull a CUDA build).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	# the project's kernel, inside the venv (papermill, nbdev_test and JupyterLab use it)
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (iv2)" >/dev/null
+	touch $@
+
+system-deps:  ## Debian packages: espeak-ng (real synthesized speech for the synthetic world)
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq espeak-ng >/dev/null
+
+export: install
+	$(BIN)/nbdev_export
+
+check-export: install  ## fail if iv2/ differs from what the notebooks export
+	tmp=$$(mktemp -d)
+	cp -r nbs settings.ini $$tmp/
+	[ -d iv2 ] && cp -r iv2 $$tmp/iv2.committed || mkdir $$tmp/iv2.committed
+	(cd $$tmp && $(BIN)/nbdev_export)
+	if ! diff -r -x __pycache__ -x '*.pyc' $$tmp/iv2.committed $$tmp/iv2; then
+	  echo "iv2/ is out of date with nbs/: run 'make export' and commit iv2/ (never edit iv2/ by hand)" >&2; rm -rf $$tmp; exit 1
+	fi
+	rm -rf $$tmp
+
+nbtest: install
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: install
+	$(BIN)/python -m pytest -q tests
+
+test: check-export nbtest pytest
+
+demo: install
+	$(BIN)/iv2 run synth_world -p preset tiny
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=nbs
+
+clean-nbs: install
+	$(BIN)/nbdev_clean
