@@ -36,7 +36,7 @@ export: install
 	$(BIN)/nbdev_export
 
 check-export: install  ## fail if iv2/ differs from what the notebooks export
-	tmp=$$(mktemp -d)
+	@tmp=$$(mktemp -d)
 	cp -r nbs settings.ini $$tmp/
 	[ -d iv2 ] && cp -r iv2 $$tmp/iv2.committed || mkdir $$tmp/iv2.committed
 	(cd $$tmp && $(BIN)/nbdev_export)
