@@ -12,6 +12,8 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# DeepSpeed JIT-compiles its C++ ops once per machine; keep them in the project's ignored cache
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
 .PHONY: install system-deps test export check-export nbtest pytest demo lab clean-nbs
 
@@ -23,6 +25,8 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build on local disk (never let a dependency pull a CUDA build).
 	$(BIN)/pip install -q torch==2.13.0
+	# DeepSpeed without pre-built ops (they are JIT-built on first use, into TORCH_EXTENSIONS_DIR below)
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(BIN)/pip install -q -e ".[dev]"
 	# the project's kernel, inside the venv (papermill, nbdev_test and JupyterLab use it)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (iv2)" >/dev/null
@@ -57,7 +61,7 @@ demo: install
 	$(BIN)/iv2 run synth_world -p preset tiny
 
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=nbs
+	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(SUDO),,--allow-root)
 
 clean-nbs: install
 	$(BIN)/nbdev_clean
