@@ -1,18 +1,13 @@
 """The engine under DeepSpeed on CPU: a two-process run through the `deepspeed` launcher, and single-process ZeRO runs.
 
 The first DeepSpeed start on a machine JIT-builds the shm comm op into TORCH_EXTENSIONS_DIR (<project>/.cache)."""
-import json, os, shutil, socket, subprocess, sys
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DS = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
 pytestmark = pytest.mark.skipif(DS is None, reason="deepspeed launcher not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -28,14 +23,14 @@ def _metrics(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    from iv2.engine import EngineConfig
+    from iv2.engine import EngineConfig, free_port
     t = tmp_path_factory.mktemp("engine_ds2")
     ids = t / "ids"; ids.mkdir()
     cfg = EngineConfig(backend="deepspeed", zero_stage=1, precision="fp32", micro_batch=4, grad_accum=2, base_lr=0.2,
                        warmup_steps=1, total_steps=8, ckpt_every=4, keep_last=2, deterministic=True,
                        stage_args={"n_samples": 64, "ids_dir": str(ids)})
     cfg.to_yaml(t / "cfg.yaml")
-    cmd = [DS, "--num_accelerators", "2", "--master_port", str(_free_port()), "--module", "iv2.engine",
+    cmd = [DS, "--num_accelerators", "2", "--master_port", str(free_port()), "--module", "iv2.engine",
            "--stage", "iv2.engine:toy_stage", "--config", str(t / "cfg.yaml"), "--run-name", "ds2",
            "--runs-root", str(t / "runs"), "--no-progress"]
     r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
