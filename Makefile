@@ -65,3 +65,25 @@ lab: install
 
 clean-nbs: install
 	$(BIN)/nbdev_clean
+
+# ---- benchmark: iv2's video ViT against timm's VisionTransformer (nbs/15_bench.ipynb, nbs/runs/bench_vit.ipynb) ----
+# timm imports torchvision, and PyPI's torchvision does not import beside .venv's CPU torch 2.13.0, so the timm side runs
+# in a separate venv with the machine's torch 2.14.1 + torchvision 0.29.1 (from local disk; a CUDA build that runs on
+# the CPU). .venv is never touched; iv2 goes into .venv-bench without its dependencies (it needs torch, numpy, PyYAML).
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS  ?=
+.PHONY: bench-venv bench
+
+bench-venv: $(BENCH_STAMP)
+
+$(BENCH_STAMP): settings.ini setup.py
+	[ -x $(BENCH_VENV)/bin/python ] || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BENCH_VENV)/bin/pip install -q timm==1.0.31 numpy==2.4.6 PyYAML==6.0.3 torch==2.14.1 torchvision==0.29.1
+	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+bench: install bench-venv  ## iv2 vs timm ViT forward+backward throughput and the 80%-masked cost -> reports/bench_vit.*
+	$(BIN)/iv2 run bench_vit $(BENCH_ARGS)

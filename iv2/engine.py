@@ -15,8 +15,8 @@ from .config import Config, ConfigError, atomic_write_text, cache_dir, rng_for, 
 
 # %% auto #0
 __all__ = ['NO_DECAY_NAMES', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'Stage', 'default_param_groups', 'StageBase',
-           'shard_indices', 'ToyModel', 'ToyStage', 'toy_stage', 'RunExistsError', 'latest_checkpoint', 'free_port',
-           'yaml_load', 'train', 'load_stage', 'main']
+           'shard_indices', 'loader_batches', 'ToyModel', 'ToyStage', 'toy_stage', 'RunExistsError',
+           'latest_checkpoint', 'free_port', 'yaml_load', 'train', 'load_stage', 'main']
 
 # %% ../nbs/30_engine.ipynb #da6648ce
 @dataclass
@@ -121,6 +121,19 @@ def shard_indices(n: int, rank: int, world_size: int, epoch: int, seed: int, key
     each, so shards are disjoint and equally long (every stage's `batches` uses it)."""
     perm = rng_for(seed, key, epoch).permutation(n)
     return perm[rank::world_size][:n // world_size]
+
+def loader_batches(dataset, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0,
+                   key: str = "data", num_workers: int = 0) -> Iterator[dict]:
+    """The micro-batches of `rank` in `epoch` over a map-style dataset (e.g. `VideoDataset`): its `shard_indices`
+    shard, cut into full micro-batches, resumed at micro-batch `start`; a `Stage.batches` in one line."""
+    from .data.datasets import make_loader
+    from torch.utils.data import Subset
+    if hasattr(dataset, "set_epoch"): dataset.set_epoch(epoch)
+    mine = shard_indices(len(dataset), rank, world_size, epoch, seed, key)
+    nb = len(mine) // micro_batch
+    if start >= nb: return
+    ids = [int(i) for i in mine[start * micro_batch: nb * micro_batch]]
+    yield from make_loader(Subset(dataset, ids), batch_size=micro_batch, num_workers=num_workers, drop_last=True)
 
 # %% ../nbs/30_engine.ipynb #aa0eeef9
 class ToyModel(nn.Module):

@@ -67,7 +67,7 @@ class VideoDataset(Dataset):
                  split: str | None = None, num_frames: int = 8, sampling: str = "tsn", train: bool = False,
                  size: int = 224, audio: bool = False, policy: BadInputPolicy | None = None, seed: int = 0,
                  backend: str = "decord", stride: int = 1, label_key: str = "action_id",
-                 exclude: Iterable[str] | None = None):
+                 exclude: Iterable[str] | None = None, cache_short: int = 64):
         if isinstance(manifest, (str, os.PathLike)):
             recs = read_manifest(manifest); root = Path(manifest).parent if root is None else root
         else: recs = list(manifest)
@@ -80,6 +80,7 @@ class VideoDataset(Dataset):
         self.num_frames, self.sampling, self.train, self.size, self.audio = num_frames, sampling, train, size, audio
         self.policy = policy or BadInputPolicy()
         self.seed, self.backend, self.stride, self.label_key, self.epoch = seed, backend, stride, label_key, 0
+        self.cache_short = cache_short                                                # `cache` backend: stored short side
         self.visited, self.skipped_count, self.reasons = 0, 0, Counter()       # this process only
 
     def __len__(self) -> int: return len(self.records)
@@ -91,7 +92,7 @@ class VideoDataset(Dataset):
         rng = rng_for(self.seed, self.epoch, j)
         short = "repeat" if self.policy.short_clip == "repeat" else "raise"
         frames, idx = read_video(path, self.num_frames, self.sampling, self.train, rng, r.start, r.end,
-                                 self.stride, self.backend, short)                    # (T,H,W,3) uint8
+                                 self.stride, self.backend, short, self.cache_short)                    # (T,H,W,3) uint8
         video = video_transform(frames, self.size, self.train, rng)                   # (C,T,size,size)
         out = dict(video=video, frame_indices=torch.as_tensor(idx, dtype=torch.long), id=r.id, index=j,
                    label=int(r.labels.get(self.label_key, -1)), captions=dict(r.captions))

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/03_media.ipynb #12e8ee8b
 from __future__ import annotations
-import contextlib, math, os, re
+import contextlib, hashlib, json, math, os, re
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -14,12 +14,12 @@ import torch.nn.functional as F
 import av
 
 # %% auto #0
-__all__ = ['MEDIA_ERROR_KINDS', 'SAMPLINGS', 'BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'MULTI_SCALES', 'AUDIO_SR',
-           'FBANK_BINS', 'FBANK_MEAN', 'FBANK_STD', 'MAX_AUDIO_SECONDS', 'FBANK_FRAMES', 'MediaError', 'check_file',
-           'square_x', 'write_test_clip', 'sample_tsn', 'sample_uniform', 'sample_consecutive', 'is_too_short',
-           'sample_indices', 'open_video', 'frame_window', 'read_video', 'probe', 'to_tensor', 'resize', 'resize_short',
-           'center_crop', 'multi_scale_crop_params', 'hflip', 'normalize', 'video_transform', 'fbank_frames',
-           'load_audio', 'fbank', 'audio_features']
+__all__ = ['MEDIA_ERROR_KINDS', 'SAMPLINGS', 'BACKENDS', 'FRAME_CACHE_VERSION', 'IMAGENET_MEAN', 'IMAGENET_STD', 'MULTI_SCALES',
+           'AUDIO_SR', 'FBANK_BINS', 'FBANK_MEAN', 'FBANK_STD', 'MAX_AUDIO_SECONDS', 'FBANK_FRAMES', 'MediaError',
+           'check_file', 'square_x', 'write_test_clip', 'sample_tsn', 'sample_uniform', 'sample_consecutive',
+           'is_too_short', 'sample_indices', 'frame_cache_path', 'open_video', 'frame_window', 'read_video', 'probe',
+           'to_tensor', 'resize', 'resize_short', 'center_crop', 'multi_scale_crop_params', 'hflip', 'normalize',
+           'video_transform', 'fbank_frames', 'load_audio', 'fbank', 'audio_features']
 
 # %% ../../nbs/03_media.ipynb #1ed331dd
 MEDIA_ERROR_KINDS = ("missing", "empty", "corrupt", "no_video_stream", "no_audio", "too_short")
@@ -116,7 +116,8 @@ def sample_indices(n: int, T: int, sampling: str = "tsn", rng: np.random.Generat
     raise ValueError(f"unknown sampling {sampling!r}; choose from {SAMPLINGS}")
 
 # %% ../../nbs/03_media.ipynb #5afe5c0b
-BACKENDS = ("decord", "pyav")
+BACKENDS = ("decord", "pyav", "cache")
+FRAME_CACHE_VERSION = 1
 
 def _decord_msg(e: Exception) -> str:
     "First line of a decord error without its '[time] source.cc:line: ' prefix."
@@ -174,12 +175,52 @@ class _PyAVReader:
         return np.stack([got[int(i)] for i in indices])
     def close(self): self.c.close()
 
+def frame_cache_path(path: str | os.PathLike, short: int, root: str | os.PathLike | None = None) -> Path:
+    "Where the `cache` backend keeps `path`'s frames at short side `short`: keyed by the resolved path, size and mtime."
+    p = Path(path).resolve(); st = p.stat()
+    key = hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}|{short}|v{FRAME_CACHE_VERSION}".encode()).hexdigest()[:16]
+    root = Path(root) if root is not None else Path(os.environ.get("IV2_FRAME_CACHE") or _default_cache_root())
+    return root / f"{p.stem}-{key}-s{short}.npy"
+
+def _default_cache_root() -> Path:
+    from iv2.config import cache_dir
+    return cache_dir() / "frames"
+
+class _CachedReader:
+    "Every frame of the file, decoded once with decord, resized to short side `short`, kept as a memory-mapped uint8 .npy."
+    def __init__(self, path: Path, short: int, root: str | os.PathLike | None = None):
+        f = frame_cache_path(path, short, root); meta = f.with_suffix(".json")
+        if not (f.exists() and meta.exists()): self._build(path, short, f, meta)
+        self.path, self.arr = path, np.load(f, mmap_mode="r")                        # (N, h, w, 3) uint8
+        m = json.loads(meta.read_text())
+        self.num_frames, self.fps, self.source_size = len(self.arr), float(m["fps"]), tuple(m["source_size"])
+    @staticmethod
+    def _build(path: Path, short: int, f: Path, meta: Path, chunk: int = 64):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with open_video(path, "decord") as r:
+            parts = []
+            for i in range(0, r.num_frames, chunk):
+                x = to_tensor(r.get(range(i, min(i + chunk, r.num_frames))))          # (C, t, H, W) in [0, 1]
+                size = tuple(x.shape[-2:])
+                y = resize_short(x, short) if min(size) > short else x
+                parts.append(y.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 3, 0).numpy())
+            arr, fps = np.concatenate(parts), r.fps
+        tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npy")                          # workers may race: each its own tmp
+        np.save(tmp, arr); os.replace(tmp, f)
+        tmpm = meta.with_name(f"{meta.stem}.{os.getpid()}.tmp")
+        tmpm.write_text(json.dumps({"source": str(path), "fps": fps, "frames": len(arr), "short": short, "source_size": size}))
+        os.replace(tmpm, meta)
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        return np.ascontiguousarray(self.arr[np.asarray([int(i) for i in indices])])
+    def close(self): del self.arr
+
 @contextlib.contextmanager
-def open_video(path: str | os.PathLike, backend: str = "decord") -> Iterator[_DecordReader | _PyAVReader]:
+def open_video(path: str | os.PathLike, backend: str = "decord", cache_short: int = 64) -> Iterator[_DecordReader | _PyAVReader | _CachedReader]:
     "Open a video for one call: yields a reader with `num_frames`, `fps`, `get(indices) -> uint8 (T,H,W,3)`."
     p = check_file(path)
     if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    r = (_DecordReader if backend == "decord" else _PyAVReader)(p)
+    if backend == "cache" and cache_short < 8: raise ValueError(f"cache_short: must be >= 8 pixels, got {cache_short}")
+    r = (_DecordReader(p) if backend == "decord" else _PyAVReader(p) if backend == "pyav" else _CachedReader(p, cache_short))
     try:
         if r.num_frames < 1: raise MediaError("corrupt", p, "video stream has no frames")
         yield r
@@ -193,10 +234,10 @@ def frame_window(num_frames: int, fps: float, start: float | None = None, end: f
 
 def read_video(path: str | os.PathLike, num_frames: int = 8, sampling: str = "tsn", train: bool = False,
                rng: np.random.Generator | None = None, start: float | None = None, end: float | None = None,
-               stride: int = 1, backend: str = "decord", short: str = "repeat") -> tuple[np.ndarray, np.ndarray]:
+               stride: int = 1, backend: str = "decord", short: str = "repeat", cache_short: int = 64) -> tuple[np.ndarray, np.ndarray]:
     "Decode `num_frames` sampled frames of the clip window: uint8 (T,H,W,3) and the file frame indices (T,)."
     if train and rng is None: rng = np.random.default_rng()
-    with open_video(path, backend) as r:
+    with open_video(path, backend, cache_short) as r:
         first, stop = frame_window(r.num_frames, r.fps, start, end)
         n = stop - first
         if n < 1: raise MediaError("too_short", path, f"window [{start}, {end}) s holds no frame of {r.num_frames} at {r.fps:g} fps")

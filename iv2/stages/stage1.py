@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..config import Config, ConfigError, rng_for
-from ..engine import EngineConfig, StageBase, default_param_groups, shard_indices
+from ..engine import EngineConfig, StageBase, default_param_groups, shard_indices, loader_batches
 from ..encoders.vit import VisionConfig, VisionTransformer
 from ..teachers import TeacherConfig, Teacher, build_teacher
 from ..masking import MaskConfig, make_mask, num_visible
@@ -44,6 +44,8 @@ class Stage1Config(Config):
     sampling: str = "tsn"
     train_aug: bool = True                                  # multi-scale crop + flip
     num_workers: int = 0                                    # DataLoader workers
+    backend: str = "decord"                                 # decord | pyav | cache (decoded-frame cache, nbs/03_media)
+    cache_short: int = 64                                   # the cache's stored short side (backend="cache")
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "tiny": {},
@@ -76,6 +78,9 @@ class Stage1Config(Config):
         need(self.num_frames >= 1, "num_frames", f"must be >= 1, got {self.num_frames}")
         need(self.sampling in ("tsn", "uniform", "consecutive"), "sampling", f"unknown {self.sampling!r}")
         need(self.num_workers >= 0, "num_workers", ">= 0")
+        need(self.backend in ("decord", "pyav", "cache"), "backend", f"expected decord, pyav or cache, got {self.backend!r}")
+        need(self.backend != "cache" or self.cache_short >= self.size, "cache_short",
+             f"{self.cache_short} px stored frames are smaller than the input size {self.size}")
         vc = self.student_config()                          # raises on a bad preset / size
         need(not (self.teachers == "motion_only" and self.mask.kind == "semantic"), "mask.kind",
              "'semantic' needs the multimodal teacher's attention; with teachers='motion_only' use 'random' or 'tube'")
@@ -203,20 +208,14 @@ class Stage1Stage(StageBase):
         if not c.manifest: raise ConfigError("Stage1Config.manifest: no manifest path given (stage_args.manifest)")
         if not os.path.isfile(c.manifest): raise FileNotFoundError(f"Stage1Config.manifest: {c.manifest} does not exist")
         return VideoDataset(c.manifest, split=c.split, num_frames=2 * c.num_frames, sampling=c.sampling,
-                            train=c.train_aug, size=c.size, seed=seed)
+                            train=c.train_aug, size=c.size, seed=seed, backend=c.backend, cache_short=c.cache_short)
 
     def shard(self, n: int, rank: int, world_size: int, epoch: int, seed: int):
         "Clip indices of `rank` in `epoch`: disjoint across ranks, `n // world_size` each."
         return shard_indices(n, rank, world_size, epoch, seed, "stage1")
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:
-        ds = self.dataset(seed)
-        ds.set_epoch(epoch)
-        mine = self.shard(len(ds), rank, world_size, epoch, seed)
-        nb = len(mine) // micro_batch
-        if start >= nb: return
-        ids = [int(i) for i in mine[start * micro_batch: nb * micro_batch]]
-        yield from make_loader(Subset(ds, ids), batch_size=micro_batch, num_workers=self.cfg.num_workers, drop_last=True)
+        yield from loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage1", self.cfg.num_workers)
 
 def stage1(preset: str | None = None, **stage_args) -> Stage1Stage:
     "Factory for `python -m iv2.engine --stage iv2.stages.stage1:stage1` (stage_args: `Stage1Config` fields)."
