@@ -4,15 +4,15 @@
 
 # %% ../nbs/60_reports.ipynb #9147c0ec
 from __future__ import annotations
-import datetime as _dt, html, json, os, platform, shlex, subprocess, sys, time
+import datetime as _dt, html, json, os, platform, re, shlex, subprocess, sys, time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 import nbformat
 from .config import atomic_write_text, project_root, runs_dir, reports_dir
 
 # %% auto #0
-__all__ = ['new_run_dir', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError', 'runs_notebooks_dir', 'parse_param',
-           'reproduce_command', 'run_notebook', 'render_report', 'build_index']
+__all__ = ['new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError', 'runs_notebooks_dir',
+           'parse_param', 'reproduce_command', 'run_notebook', 'render_report', 'build_index']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -25,6 +25,16 @@ def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
         try: d.mkdir(); return d
         except FileExistsError: continue
     raise RuntimeError(f"could not create a new run directory for {name!r} under {root}")
+
+def latest_run(name: str, root: str | os.PathLike | None = None, need: Sequence[str] = ()) -> Path:
+    """The newest finished run `root/<name>-<time>/` (it has `run.json`) holding every file in `need`; a clear error
+    naming what is missing otherwise (later stages find their inputs, e.g. the trained teachers, this way)."""
+    root = Path(root) if root is not None else runs_dir()
+    cands = sorted((d for d in root.glob(f"{name}-*") if d.is_dir() and re.fullmatch(rf"{re.escape(name)}-\d{{8}}-\d{{6}}(-\d+)?", d.name)), reverse=True)
+    for d in cands:
+        if (d / "run.json").exists() and all((d / f).exists() for f in need): return d
+    raise FileNotFoundError(f"no finished '{name}' run with {list(need) or 'run.json'} under {root} "
+                            f"({len(cands)} '{name}-*' folders looked at): run `iv2 run {name}` first")
 
 # %% ../nbs/60_reports.ipynb #ee312118
 def git_info(root: str | os.PathLike | None = None) -> dict:
