@@ -1,6 +1,6 @@
 # iv2: two commands set up a fresh machine.
 #   make test   install (if needed), check iv2/ is what nbs/ exports, run every notebook's tests and tests/
-#   make demo   install (if needed), run the main job on the embedded default and render reports/
+#   make demo   install (if needed), run the main job on the embedded default (world -> teachers -> stage 1), render reports/
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
@@ -57,8 +57,10 @@ pytest: install
 
 test: check-export nbtest pytest
 
-demo: install
+demo: install  ## the embedded default at the tiny preset: the world, its teachers, stage 1 -> reports/
 	$(BIN)/iv2 run synth_world -p preset tiny
+	$(BIN)/iv2 run teachers -p preset tiny
+	$(BIN)/iv2 run stage1 -p preset tiny
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(SUDO),,--allow-root)

@@ -56,3 +56,52 @@ def test_bad_parameters_are_named(tmp_path, params, message):
         run_notebook("synth_world", params, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
     assert message in str(e.value)
     assert not (tmp_path / "reports" / "synth_world.html").exists()
+
+
+@pytest.fixture(scope="module")
+def teachers_and_stage1(tmp_path_factory):
+    "The teachers run and a stage-1 run on a 12-clip world, a few steps each (the full tiny runs are `make demo`)."
+    t = tmp_path_factory.mktemp("stage1")
+    world = str(t / "world")
+    common = {"num_clips": 12, "data_dir": world, "batch_size": 4}
+    rep_t = run_notebook("teachers", {**common, "clip_steps": 3, "mae_steps": 3}, runs_root=t / "runs",
+                         reports_root=t / "reports", progress=False)
+    rep_s = run_notebook("stage1", {**common, "batch_size": 2, "teachers_dir": rep_t["run_dir"], "steps": 2, "seeds": "0,1",
+                                    "probe_batch": 4}, runs_root=t / "runs", reports_root=t / "reports", progress=False)
+    return t, rep_t, rep_s
+
+
+def test_teachers_run_writes_teachers_and_reports_their_quality(teachers_and_stage1):
+    t, rep, _ = teachers_and_stage1
+    m = rep["metrics"]
+    from pathlib import Path
+    from iv2.teachers import build_teacher
+    assert Path(m["clip_teacher"]).exists() and Path(m["videomae_teacher"]).exists()
+    assert build_teacher("iv2_clip", m["clip_teacher"]).num_layers >= 1             # loads as a stage-1 teacher
+    for k in ("clip_zero_shot_shape", "clip_zero_shot_colour", "clip_zero_shot_action"):
+        assert 0.0 <= m[k] <= 1.0
+    assert m["mae_heldout_loss"] > 0 and m["clip_step_time_s"] > 0
+    page = (t / "reports" / "teachers.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3                                 # curves, confusion, reconstructions
+
+
+def test_stage1_run_reports_probe_means_over_seeds(teachers_and_stage1):
+    t, _, rep = teachers_and_stage1
+    m = rep["metrics"]
+    assert len(m["linear_probe_acc_per_seed"]) == 2 == len(m["linear_probe_acc_random_init_per_seed"])
+    assert abs(m["linear_probe_acc"] - sum(m["linear_probe_acc_per_seed"]) / 2) < 1e-3
+    assert abs(m["linear_probe_acc_random_init"] - sum(m["linear_probe_acc_random_init_per_seed"]) / 2) < 1e-3
+    assert m["time_per_step_s"] > 0 and m["clips_per_s"] > 0
+    assert rep["scale"]["seeds"] == [0, 1] and "semantic" in rep["scale"]["mask"]
+    for sd in (0, 1): assert (t / "runs" / rep["run_dir"].split("/")[-1] / f"seed{sd}" / "done.json").exists()
+    assert "stage1.html" in (t / "reports" / "index.html").read_text()
+
+
+def test_stage1_bad_parameters_are_named(tmp_path):
+    with pytest.raises(RunError) as e:
+        run_notebook("stage1", {"teachers": "motion_only", "mask_kind": "semantic"}, runs_root=tmp_path / "runs",
+                     reports_root=tmp_path / "reports", progress=False)
+    assert "parameter 'mask_kind'" in str(e.value)
+    with pytest.raises(RunError) as e:
+        run_notebook("stage1", {"seeds": "a,b"}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+    assert "parameter 'seeds'" in str(e.value)
