@@ -197,7 +197,7 @@ class _CachedReader:
     @staticmethod
     def _build(path: Path, short: int, f: Path, meta: Path, chunk: int = 64):
         f.parent.mkdir(parents=True, exist_ok=True)
-        with open_video(path, "decord") as r:
+        with open_video(path, "decord") as r:                                        # raises on 0 frames
             parts = []
             for i in range(0, r.num_frames, chunk):
                 x = to_tensor(r.get(range(i, min(i + chunk, r.num_frames))))          # (C, t, H, W) in [0, 1]

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Literal
 import torch
 from torch import nn
-from torch.utils.data import Subset
 
 from ..config import Config, ConfigError, rng_for
 from ..engine import EngineConfig, StageBase, default_param_groups, shard_indices, loader_batches
@@ -20,6 +19,7 @@ from ..losses import (DistillLossConfig, build_heads, stage1_losses, cosine_dist
                         align_motion_frames)
 from ..encoders.vit import visible_index
 from ..data.datasets import VideoDataset, make_loader
+from ..data.media import BACKENDS
 
 # %% auto #0
 __all__ = ['TEACHER_MODES', 'Stage1Config', 'Stage1Model', 'Stage1Stage', 'stage1']
@@ -78,7 +78,7 @@ class Stage1Config(Config):
         need(self.num_frames >= 1, "num_frames", f"must be >= 1, got {self.num_frames}")
         need(self.sampling in ("tsn", "uniform", "consecutive"), "sampling", f"unknown {self.sampling!r}")
         need(self.num_workers >= 0, "num_workers", ">= 0")
-        need(self.backend in ("decord", "pyav", "cache"), "backend", f"expected decord, pyav or cache, got {self.backend!r}")
+        need(self.backend in BACKENDS, "backend", f"expected one of {BACKENDS}, got {self.backend!r}")
         need(self.backend != "cache" or self.cache_short >= self.size, "cache_short",
              f"{self.cache_short} px stored frames are smaller than the input size {self.size}")
         vc = self.student_config()                          # raises on a bad preset / size
@@ -209,10 +209,6 @@ class Stage1Stage(StageBase):
         if not os.path.isfile(c.manifest): raise FileNotFoundError(f"Stage1Config.manifest: {c.manifest} does not exist")
         return VideoDataset(c.manifest, split=c.split, num_frames=2 * c.num_frames, sampling=c.sampling,
                             train=c.train_aug, size=c.size, seed=seed, backend=c.backend, cache_short=c.cache_short)
-
-    def shard(self, n: int, rank: int, world_size: int, epoch: int, seed: int):
-        "Clip indices of `rank` in `epoch`: disjoint across ranks, `n // world_size` each."
-        return shard_indices(n, rank, world_size, epoch, seed, "stage1")
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:
         yield from loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage1", self.cfg.num_workers)

@@ -19,7 +19,7 @@ from ..teachers import (TeacherConfig, IV2ImageText, build_iv2_videomae, videoma
 from ..masking import tube_mask, to_official_mask
 from ..data.datasets import VideoDataset, make_loader
 from ..data.manifest import read_manifest
-from ..data.media import IMAGENET_MEAN, IMAGENET_STD
+from ..data.media import BACKENDS, IMAGENET_MEAN, IMAGENET_STD
 from ..encoders.text import load_tokenizer, resolve_bert_path, tokenize
 from ..eval.probe import ProbeResult
 from ..eval.zeroshot import class_text_embeddings, zero_shot_logits
@@ -61,7 +61,7 @@ class TeacherTrainConfig(Config):
             if not ok: raise ConfigError(f"TeacherTrainConfig.{f}: {msg}")
         need(self.teacher.kind in ("iv2_clip", "iv2_videomae"), "teacher.kind",
              f"iv2 trains its own teachers only (iv2_clip, iv2_videomae), got {self.teacher.kind!r}")
-        need(self.backend in ("decord", "pyav", "cache"), "backend", f"expected decord, pyav or cache, got {self.backend!r}")
+        need(self.backend in BACKENDS, "backend", f"expected one of {BACKENDS}, got {self.backend!r}")
         need(self.backend != "cache" or self.cache_short >= self.teacher.img_size, "cache_short",
              f"{self.cache_short} px stored frames are smaller than the teacher's input {self.teacher.img_size}")
         need(self.max_text_len >= 4, "max_text_len", f"must be >= 4, got {self.max_text_len}")
