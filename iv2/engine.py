@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_engine.ipynb #84d1e009
 from __future__ import annotations
-import argparse, contextlib, importlib, itertools, json, math, os, random, resource, shutil, socket, sys, time
+import argparse, contextlib, importlib, itertools, json, math, os, random, resource, shutil, socket, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Protocol, runtime_checkable
@@ -14,9 +14,9 @@ from torch import nn
 from .config import Config, ConfigError, atomic_write_text, cache_dir, rng_for, runs_dir, seed_everything
 
 # %% auto #0
-__all__ = ['NO_DECAY_NAMES', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'Stage', 'default_param_groups', 'StageBase',
-           'shard_indices', 'loader_batches', 'ToyModel', 'ToyStage', 'toy_stage', 'RunExistsError',
-           'latest_checkpoint', 'free_port', 'yaml_load', 'train', 'load_stage', 'main']
+__all__ = ['NO_DECAY_NAMES', 'LAUNCHERS', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'Stage', 'default_param_groups',
+           'StageBase', 'shard_indices', 'loader_batches', 'ToyModel', 'ToyStage', 'toy_stage', 'RunExistsError',
+           'latest_checkpoint', 'free_port', 'yaml_load', 'train', 'load_stage', 'main', 'launch']
 
 # %% ../nbs/30_engine.ipynb #da6648ce
 @dataclass
@@ -471,6 +471,47 @@ def main(argv: list[str] | None = None) -> dict:
     res = train(load_stage(a.stage, **cfg.stage_args), cfg, a.run_name, a.runs_root, progress=not a.no_progress)
     res.pop("state_dict", None)
     return res
+
+# %% ../nbs/30_engine.ipynb #2bc9a04a
+LAUNCHERS = ("inprocess", "deepspeed")
+
+def _launcher_cmd(nprocs: int, hostfile: str | None, cuda: bool) -> list[str]:
+    ds = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
+    if ds is None: raise RuntimeError("launcher='deepspeed': the `deepspeed` launcher is not on PATH "
+                                      "(install it with `DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed`)")
+    return [ds, *(["--hostfile", str(hostfile)] if hostfile else []),
+            "--num_gpus" if cuda else "--num_accelerators", str(nprocs), "--master_port", str(free_port())]
+
+def launch(stage_spec: str, cfg: EngineConfig, run_name: str, runs_root: str | os.PathLike | None = None,
+           nprocs: int = 1, launcher: str = "inprocess", hostfile: str | None = None, progress: bool = True) -> dict:
+    "Train `stage_spec` ('module:factory', called with `cfg.stage_args`) in-process or under the deepspeed launcher."
+    if launcher not in LAUNCHERS: raise ValueError(f"launcher: expected one of {LAUNCHERS}, got {launcher!r}")
+    if nprocs < 1: raise ValueError(f"nprocs: must be >= 1, got {nprocs}")
+    if launcher == "inprocess":
+        if nprocs != 1 or hostfile: raise ValueError("launcher='inprocess' runs one process; use launcher='deepspeed' for nprocs > 1 or a hostfile")
+        return train(load_stage(stage_spec, **cfg.stage_args), cfg, run_name, runs_root, progress=progress)
+    cfg = cfg.override(backend="deepspeed"); cfg.validate()
+    run_dir = Path(runs_root if runs_root is not None else runs_dir()) / run_name
+    cfg_path, log_path = run_dir / "launch.yaml", run_dir / "launch.log"
+    if cfg_path.exists() and yaml_load(cfg_path.read_text()) != yaml_load(cfg.to_yaml()):
+        raise RunExistsError(f"{run_dir} was launched with another config ({cfg_path}); choose a new run name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(cfg_path)
+    cuda = torch.cuda.is_available()
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))}
+    if not cuda: env.setdefault("DS_ACCELERATOR", "cpu"); env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"): env.pop(k, None)   # the launcher sets them
+    cmd = _launcher_cmd(nprocs, hostfile, cuda) + ["--module", "iv2.engine", "--stage", stage_spec, "--config", str(cfg_path),
+                                                   "--run-name", run_name, "--runs-root", str(run_dir.parent), "--no-progress"]
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n"); log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0 or not (run_dir / "done.json").exists():
+        tail = log_path.read_text()[-3000:]
+        raise RuntimeError(f"deepspeed launch of {stage_spec} failed (exit {rc}); log {log_path}:\n{tail}")
+    from iv2.checkpoints import load_checkpoint
+    sd, _ = load_checkpoint(latest_checkpoint(run_dir) / "model.safetensors")
+    return {**json.loads((run_dir / "done.json").read_text()), "state_dict": sd, "launch_log": str(log_path)}
 
 # %% ../nbs/30_engine.ipynb #d918c5b9
 if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", None) == "iv2.engine": main()  # python -m iv2.engine

@@ -23,18 +23,15 @@ def _metrics(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    from iv2.engine import EngineConfig, free_port
+    from iv2.engine import EngineConfig, launch
     t = tmp_path_factory.mktemp("engine_ds2")
     ids = t / "ids"; ids.mkdir()
     cfg = EngineConfig(backend="deepspeed", zero_stage=1, precision="fp32", micro_batch=4, grad_accum=2, base_lr=0.2,
                        warmup_steps=1, total_steps=8, ckpt_every=4, keep_last=2, deterministic=True,
                        stage_args={"n_samples": 64, "ids_dir": str(ids)})
-    cfg.to_yaml(t / "cfg.yaml")
-    cmd = [DS, "--num_accelerators", "2", "--master_port", str(free_port()), "--module", "iv2.engine",
-           "--stage", "iv2.engine:toy_stage", "--config", str(t / "cfg.yaml"), "--run-name", "ds2",
-           "--runs-root", str(t / "runs"), "--no-progress"]
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    res = launch("iv2.engine:toy_stage", cfg, "ds2", t / "runs", nprocs=2, launcher="deepspeed")   # the run notebooks' path
+    assert res["world_size"] == 2 and res["state_dict"]["fc1.weight"].shape == (32, 8)
+    assert (t / "runs" / "ds2" / "launch.yaml").exists() and "--num_accelerators 2" in (t / "runs" / "ds2" / "launch.log").read_text()
     return t, cfg
 
 

@@ -105,3 +105,52 @@ def test_stage1_bad_parameters_are_named(tmp_path):
     with pytest.raises(RunError) as e:
         run_notebook("stage1", {"seeds": "a,b"}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
     assert "parameter 'seeds'" in str(e.value)
+
+
+def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage1):
+    "The same run notebook with launcher=deepspeed, nprocs=2: two CPU ranks, each half of the batch; probes on the result."
+    import shutil, sys
+    from pathlib import Path
+    if not (shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")):
+        pytest.skip("deepspeed launcher not installed")
+    t, rep_t, _ = teachers_and_stage1
+    rep = run_notebook("stage1", {"num_clips": 12, "data_dir": str(t / "world"), "teachers_dir": rep_t["run_dir"], "steps": 2,
+                                  "seeds": "0", "batch_size": 4, "probe_batch": 4, "launcher": "deepspeed", "nprocs": 2},
+                       runs_root=t / "runs_ds", reports_root=t / "reports_ds", progress=False)
+    seed_dir = Path(rep["run_dir"]) / "seed0"
+    env = json.loads((seed_dir / "env.json").read_text())
+    assert env["world_size"] == 2 and env["global_batch"] == 4
+    ds = json.loads((seed_dir / "ds_config.json").read_text())
+    assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["train_batch_size"] == 4
+    assert "--num_accelerators 2" in (seed_dir / "launch.log").read_text()
+    assert rep["scale"]["launcher"].startswith("deepspeed launcher, 2 process(es)")
+    assert 0.0 <= rep["metrics"]["linear_probe_acc"] <= 1.0
+
+
+def test_table16_grid_runs_every_point_and_cites_the_paper(teachers_and_stage1):
+    t, rep_t, _ = teachers_and_stage1
+    rep = run_notebook("ablation_teachers", {"teacher_settings": "mm_only,both", "worlds": "tiny,tiny", "world_clips": "12,16",
+                                             "probe_world": "tiny", "probe_clips": 16, "datasets_dir": str(t / "datasets"),
+                                             "teachers_dir": rep_t["run_dir"], "steps": 1, "seeds": "0", "batch_size": 2,
+                                             "probe_batch": 4},
+                       runs_root=t / "runs_grid", reports_root=t / "reports_grid", progress=False)
+    grid = rep["metrics"]["grid"]
+    assert [(p["teachers"], p["world"], p["train_clips"]) for p in grid] == [
+        ("mm_only", "tiny (n=12)", grid[0]["train_clips"]), ("both", "tiny (n=12)", grid[0]["train_clips"]),
+        ("mm_only", "tiny (n=16)", grid[2]["train_clips"]), ("both", "tiny (n=16)", grid[2]["train_clips"])]
+    assert grid[0]["train_clips"] < grid[2]["train_clips"]                       # two data scales
+    assert len({p["held_out_clips"] for p in grid}) == 1                          # one probe set for every point
+    from pathlib import Path
+    assert len(list((Path(rep["run_dir"]) / "points").glob("*/seed0/done.json"))) == 4
+    page = (t / "reports_grid" / "ablation_teachers.html").read_text()
+    assert "Paper reference (InternVideo2, Table 16; not measured here)" in page and "data:image/png;base64," in page
+
+
+def test_launcher_parameters_are_checked(tmp_path):
+    with pytest.raises(RunError) as e:
+        run_notebook("stage1", {"nprocs": 2}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+    assert "parameter 'nprocs'" in str(e.value)
+    with pytest.raises(RunError) as e:
+        run_notebook("ablation_teachers", {"teacher_settings": "mm_only,clip"}, runs_root=tmp_path / "runs",
+                     reports_root=tmp_path / "reports", progress=False)
+    assert "parameter 'teacher_settings'" in str(e.value)
