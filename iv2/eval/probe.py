@@ -16,7 +16,7 @@ from ..encoders.vit import AttentionPool
 
 # %% auto #0
 __all__ = ['Pooling', 'top_k_accuracy', 'confusion_matrix', 'ProbeResult', 'plot_confusion', 'extract_features', 'extract_tokens',
-           'Standardizer', 'linear_probe', 'AttentiveHead', 'attentive_probe']
+           'pixel_features', 'Standardizer', 'linear_probe', 'AttentiveHead', 'attentive_probe']
 
 # %% ../../nbs/40_eval_probe.ipynb #b6b51300
 def _check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels") -> torch.Tensor:
@@ -149,6 +149,17 @@ def extract_tokens(encoder: nn.Module, loader: Iterable[dict], layer: int = -1, 
         h = _layer_tokens(encoder, x, layer)
         return h if include_cls else h[:, 1:]
     return _run_encoder(encoder, loader, device, f"tokens[layer {layer}]", progress, fn)
+
+# %% ../../nbs/40_eval_probe.ipynb #916b381d
+def pixel_features(loader: Iterable[dict], grid: int = 7, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+    "Baseline features (N, T*3*grid*grid): each frame average-pooled to grid x grid, frames concatenated in order."
+    if grid < 1: raise ValueError(f"grid: must be >= 1, got {grid}")
+    xs, ys, ids = [], [], []
+    for i, batch in enumerate(tqdm(loader, desc=f"pixels {grid}x{grid}", disable=not progress)):
+        v, y, bid = _batch_fields(batch, i)                                        # (B, 3, T, H, W)
+        xs.append(F.adaptive_avg_pool3d(v.float(), (v.shape[2], grid, grid)).flatten(1)); ys.append(y); ids += list(bid)
+    if not xs: raise ValueError("pixel_features: the loader yielded no batches")
+    return torch.cat(xs), torch.cat(ys), ids
 
 # %% ../../nbs/40_eval_probe.ipynb #6b0753be
 @dataclass
