@@ -41,7 +41,7 @@ TABLE16 = PaperTable(
      ("ViT-1B", "InternVL-6B + VideoMAE-g", "both", "K-Mash1.1M", 91.3, 91.4, 85.0, 50.8, 77.1, 79.1),
      ("ViT-1B", "InternVL-6B", "mm_only", "K-Mash2M", 91.3, 91.5, 85.1, 50.6, 76.6, 79.0),
      ("ViT-6B", "InternVL-6B + VideoMAE-g", "both", "K-Mash2M", 91.9, 91.7, 85.7, 51.0, 77.5, 79.6)),
-    note="K710 is 0.66M clips; K-Mash1.1M and K-Mash2M add unlabelled clips (Sec. 4.1).")
+    note="Data (Appendix B.1): K710 is 658K clips; K-Mash1.1M adds SSv2, HACS, ActivityNet and MiT clips; K-Mash2M also adds 844K YouTube videos. All used without labels.")
 
 # %% ../nbs/07_paper.ipynb #79159d67
 def reference_table(t: PaperTable, columns: tuple[str, ...] | None = None, **match) -> str:
