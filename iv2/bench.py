@@ -117,19 +117,19 @@ def copy_to_twin(model: VisionTransformer, twin: nn.Module) -> nn.Module:
     twin.load_state_dict(new, strict=True)
     return twin
 
+def _swap_outer(tokens: torch.Tensor, a: int, b: int, c: int) -> torch.Tensor:
+    "Patch tokens (B, 1+a*b*c, C) seen as (a, b, c) -> (b, a, c) order; the class token stays first."
+    B, L, C = tokens.shape
+    p = tokens[:, 1:].reshape(B, a, b, c, C).transpose(1, 2).reshape(B, a * b * c, C)
+    return torch.cat([tokens[:, :1], p], dim=1)
+
 def tiled_to_frame_order(tokens: torch.Tensor, cfg: VisionConfig) -> torch.Tensor:
     "timm-twin tokens (B, 1+h*(T*w), C), row by row over the tiled image -> iv2's order (B, 1+T*h*w, C), frame by frame."
-    B, L, C = tokens.shape
-    g, T = cfg.grid, cfg.t_tokens
-    p = tokens[:, 1:].reshape(B, g, T, g, C).permute(0, 2, 1, 3, 4).reshape(B, T * g * g, C)
-    return torch.cat([tokens[:, :1], p], dim=1)
+    return _swap_outer(tokens, cfg.grid, cfg.t_tokens, cfg.grid)
 
 def frame_to_tiled_order(tokens: torch.Tensor, cfg: VisionConfig) -> torch.Tensor:
     "The inverse of `tiled_to_frame_order`: iv2's frame-by-frame order -> the tiled image's row-by-row order."
-    B, L, C = tokens.shape
-    g, T = cfg.grid, cfg.t_tokens
-    p = tokens[:, 1:].reshape(B, T, g, g, C).permute(0, 2, 1, 3, 4).reshape(B, g * T * g, C)
-    return torch.cat([tokens[:, :1], p], dim=1)
+    return _swap_outer(tokens, cfg.t_tokens, cfg.grid, cfg.grid)
 
 # %% ../nbs/15_bench.ipynb #7ff59afa
 def train_step(model: nn.Module, forward: Callable[[], torch.Tensor]) -> Callable[[], float]:

@@ -16,7 +16,7 @@ from .config import Config, ConfigError, atomic_write_text, cache_dir, rng_for, 
 # %% auto #0
 __all__ = ['NO_DECAY_NAMES', 'LAUNCHERS', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'Stage', 'default_param_groups',
            'StageBase', 'shard_indices', 'loader_batches', 'ToyModel', 'ToyStage', 'toy_stage', 'RunExistsError',
-           'latest_checkpoint', 'free_port', 'yaml_load', 'train', 'load_stage', 'main', 'launch']
+           'latest_checkpoint', 'free_port', 'yaml_load', 'train', 'load_stage', 'main', 'deepspeed_launcher', 'launch']
 
 # %% ../nbs/30_engine.ipynb #da6648ce
 @dataclass
@@ -211,10 +211,13 @@ def _peak_mem_mb() -> float:
     if torch.cuda.is_available(): return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # Linux: KiB
 
+def _deepspeed_env_defaults() -> dict:
+    "A project-local extension cache, and the CPU accelerator when there is no CUDA."
+    return {"TORCH_EXTENSIONS_DIR": str(cache_dir() / "torch_extensions"), **({} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"})}
+
 def _setup_deepspeed_env() -> None:
-    "Env for DeepSpeed: CPU accelerator without CUDA, a project-local extension cache, single-process rendezvous."
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
-    if not torch.cuda.is_available(): os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    "Env for DeepSpeed in this process: `_deepspeed_env_defaults`, and a single-process rendezvous."
+    for k, v in _deepspeed_env_defaults().items(): os.environ.setdefault(k, v)
     if "RANK" not in os.environ:
         os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())),
@@ -475,8 +478,12 @@ def main(argv: list[str] | None = None) -> dict:
 # %% ../nbs/30_engine.ipynb #2bc9a04a
 LAUNCHERS = ("inprocess", "deepspeed")
 
+def deepspeed_launcher() -> str | None:
+    "Path of the `deepspeed` launcher: beside this Python first, then on PATH; None when not installed."
+    return shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
+
 def _launcher_cmd(nprocs: int, hostfile: str | None, cuda: bool) -> list[str]:
-    ds = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
+    ds = deepspeed_launcher()
     if ds is None: raise RuntimeError("launcher='deepspeed': the `deepspeed` launcher is not on PATH "
                                       "(install it with `DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed`)")
     return [ds, *(["--hostfile", str(hostfile)] if hostfile else []),
@@ -498,8 +505,8 @@ def launch(stage_spec: str, cfg: EngineConfig, run_name: str, runs_root: str | o
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(cfg_path)
     cuda = torch.cuda.is_available()
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))}
-    if not cuda: env.setdefault("DS_ACCELERATOR", "cpu"); env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
+    env = {**_deepspeed_env_defaults(), **os.environ}
+    if not cuda: env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"): env.pop(k, None)   # the launcher sets them
     cmd = _launcher_cmd(nprocs, hostfile, cuda) + ["--module", "iv2.engine", "--stage", stage_spec, "--config", str(cfg_path),
                                                    "--run-name", run_name, "--runs-root", str(run_dir.parent), "--no-progress"]

@@ -22,8 +22,8 @@ from .masking import tube_mask, to_official_mask
 # %% auto #0
 __all__ = ['HF_WEIGHT_FILES', 'TeacherOutput', 'resolve_layers', 'Teacher', 'frames_to_images', 'renorm_patches',
            'check_hf_folder', 'CLIPTeacher', 'InternViTTeacher', 'VideoMAETeacher', 'pool_attention', 'TeacherConfig',
-           'clip_loss', 'IV2ImageText', 'IV2ImageTextTeacher', 'videomae_config', 'build_iv2_videomae', 'videomae_loss',
-           'save_teacher_checkpoint', 'load_teacher_model', 'build_teacher']
+           'clip_loss', 'IV2ImageText', 'IV2ImageTextTeacher', 'videomae_config', 'build_iv2_videomae',
+           'videomae_forward', 'videomae_loss', 'save_teacher_checkpoint', 'load_teacher_model', 'build_teacher']
 
 # %% ../nbs/20_teachers.ipynb #d48b1ae7
 @dataclass
@@ -403,15 +403,19 @@ def build_iv2_videomae(cfg: TeacherConfig | None = None):
     cfg.validate()
     return VideoMAEForPreTraining(videomae_config(cfg))
 
-def videomae_loss(model, video: torch.Tensor, ratio: float = 0.9, generator: torch.Generator | None = None) -> torch.Tensor:
-    "Masked-reconstruction loss of `VideoMAEForPreTraining` on video (B, C, T, H, W), ImageNet-normalised."
+def videomae_forward(model, video: torch.Tensor, ratio: float = 0.9, generator: torch.Generator | None = None):
+    "`VideoMAEForPreTraining` on video (B, C, T, H, W), ImageNet-normalised, under tube masking: (output, mask (B, t*n), True = masked)."
     c = model.config
     B, C, T, H, W = video.shape
     n = (H // c.patch_size) * (W // c.patch_size)
     # iv2's one tube mask (`iv2.masking`): the same int(ratio*N) masked patches in every token frame, as VideoMAE's
     # TubeMaskingGenerator; VideoMAE wants the flat official convention, True = masked
     m = to_official_mask(tube_mask(B, T // c.tubelet_size, n, ratio, generator), n).to(video.device)
-    return model(video.permute(0, 2, 1, 3, 4), bool_masked_pos=m).loss
+    return model(video.permute(0, 2, 1, 3, 4), bool_masked_pos=m), m
+
+def videomae_loss(model, video: torch.Tensor, ratio: float = 0.9, generator: torch.Generator | None = None) -> torch.Tensor:
+    "Masked-reconstruction loss of `VideoMAEForPreTraining` on video (B, C, T, H, W), ImageNet-normalised."
+    return videomae_forward(model, video, ratio, generator)[0].loss
 
 # %% ../nbs/20_teachers.ipynb #f86535cd
 def save_teacher_checkpoint(model: nn.Module, cfg: TeacherConfig, path: str | os.PathLike, overwrite: bool = False) -> Path:

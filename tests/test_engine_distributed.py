@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DS = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
+from iv2.engine import deepspeed_launcher
+DS = deepspeed_launcher()
 pytestmark = pytest.mark.skipif(DS is None, reason="deepspeed launcher not installed")
 
 

@@ -109,10 +109,9 @@ def test_stage1_bad_parameters_are_named(tmp_path):
 
 def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage1):
     "The same run notebook with launcher=deepspeed, nprocs=2: two CPU ranks, each half of the batch; probes on the result."
-    import shutil, sys
     from pathlib import Path
-    if not (shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")):
-        pytest.skip("deepspeed launcher not installed")
+    from iv2.engine import deepspeed_launcher
+    if deepspeed_launcher() is None: pytest.skip("deepspeed launcher not installed")
     t, rep_t, _ = teachers_and_stage1
     rep = run_notebook("stage1", {"num_clips": 12, "data_dir": str(t / "world"), "teachers_dir": rep_t["run_dir"], "steps": 2,
                                   "seeds": "0", "batch_size": 4, "probe_batch": 4, "launcher": "deepspeed", "nprocs": 2},

@@ -18,7 +18,7 @@ __all__ = ['GENERATOR_VERSION', 'SHAPES', 'COLOURS', 'SIZES', 'EXTENT', 'DIRECTI
            'SECONDS_PER_WORD', 'object_frequency', 'SynthConfig', 'make_script', 'describe_object', 'make_captions',
            'shot_at', 'object_state', 'object_center', 'render_shot_frame', 'render_frame', 'SpeechUnavailable',
            'synthesize_speech', 'render_sound', 'render_audio', 'encode_clip', 'clip_id', 'split_of', 'make_record',
-           'generate_world', 'world_stats', 'write_data_card']
+           'generate_world', 'world_config', 'world_dir', 'world_stats', 'write_data_card']
 
 # %% ../../nbs/02_synth.ipynb #d7ce2a4d
 GENERATOR_VERSION = "synth-1.0"
@@ -637,6 +637,17 @@ def generate_world(cfg: SynthConfig, out_dir: str | os.PathLike, num_workers: in
     atomic_write_text(wj, json.dumps({**want, "status": "complete", "counts": {"clips": len(recs), "splits": st["splits"], "actions": st["actions"]},
                                       "last_run": run, "runs": runs}, indent=1) + "\n")
     return man
+
+# %% ../../nbs/02_synth.ipynb #4f0bf4e8
+def world_config(preset: str, seed: int = 0, num_clips: int = 0) -> SynthConfig:
+    "The world `preset` with `seed`; `num_clips` > 0 overrides the preset's clip count."
+    return SynthConfig.preset(preset, seed=seed, **({"num_clips": num_clips} if num_clips else {}))
+
+def world_dir(preset: str, seed: int = 0, num_clips: int = 0, root: str | os.PathLike | None = None) -> Path:
+    "Where that world lives: `root/synth-<preset>-s<seed>[-n<num_clips>]` (root defaults to `runs/datasets`)."
+    from iv2.config import runs_dir
+    root = Path(root) if root is not None else runs_dir() / "datasets"
+    return root / (f"synth-{preset}-s{seed}" + (f"-n{num_clips}" if num_clips else ""))
 
 # %% ../../nbs/02_synth.ipynb #3534f356
 def world_stats(records: list[ClipRecord]) -> dict:

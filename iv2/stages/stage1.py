@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError, rng_for
-from ..engine import EngineConfig, StageBase, default_param_groups, shard_indices, loader_batches
+from ..engine import EngineConfig, StageBase, default_param_groups, loader_batches
 from ..encoders.vit import VisionConfig, VisionTransformer
 from ..teachers import TeacherConfig, Teacher, build_teacher
 from ..masking import MaskConfig, make_mask, num_visible
 from ..losses import (DistillLossConfig, build_heads, stage1_losses, cosine_distill_loss, gather_visible,
                         align_motion_frames)
 from ..encoders.vit import visible_index
-from ..data.datasets import VideoDataset, make_loader
+from ..data.datasets import VideoDataset
 from ..data.media import BACKENDS
 
 # %% auto #0

@@ -14,9 +14,8 @@ from torch import nn
 
 from ..config import Config, ConfigError
 from ..engine import EngineConfig, StageBase, loader_batches
-from ..teachers import (TeacherConfig, IV2ImageText, build_iv2_videomae, videomae_loss, clip_loss,
+from ..teachers import (TeacherConfig, IV2ImageText, build_iv2_videomae, videomae_loss, videomae_forward, clip_loss,
                           save_teacher_checkpoint)
-from ..masking import tube_mask, to_official_mask
 from ..data.datasets import VideoDataset, make_loader
 from ..data.manifest import read_manifest
 from ..data.media import BACKENDS, IMAGENET_MEAN, IMAGENET_STD
@@ -223,19 +222,17 @@ def mae_reconstruct(model: nn.Module, video: torch.Tensor, ratio: float = 0.9,
     `masked` (masked patches grey) and `recon` in [0, 1] pixels, the model's `loss`, `pixel_mse` on masked patches."""
     c = model.config; p, ts = c.patch_size, c.tubelet_size
     B, C, T, H, W = video.shape
-    n = (H // p) * (W // p)
-    m = to_official_mask(tube_mask(B, T // ts, n, ratio, generator), n).to(video.device)       # (B, t*n), True = masked
-    out = model(video.permute(0, 2, 1, 3, 4), bool_masked_pos=m)
+    out, m = videomae_forward(model, video, ratio, generator)                                   # m: (B, t*n), True = masked
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1); std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
     frames = video.float().cpu() * std + mean                                                    # [0, 1] pixels
     patches = _patchify(frames, p, ts); m = m.cpu()
+    pred = out.logits.float().cpu().reshape(B, -1, ts * p * p, C)                               # (B, masked, ts*p*p, C)
     if c.norm_pix_loss:
-        pred = out.logits.float().cpu().reshape(B, -1, ts * p * p, C)
         mu = patches.mean(-2, keepdim=True)[m].reshape(B, -1, 1, C)
         sd = patches.var(-2, unbiased=True, keepdim=True).sqrt()[m].reshape(B, -1, 1, C) + 1e-6
         pred = pred * sd + mu
     else:                                      # targets are the normalised pixels: undo the ImageNet normalisation
-        pred = out.logits.float().cpu().reshape(B, -1, ts * p * p, C) * std.view(1, 1, 1, C) + mean.view(1, 1, 1, C)
+        pred = pred * std.view(1, 1, 1, C) + mean.view(1, 1, 1, C)
     recon, masked = patches.clone(), patches.clone()
     recon[m] = pred.reshape(-1, ts * p * p, C); masked[m] = 0.5
     return dict(original=frames.clamp(0, 1), masked=_unpatchify(masked, video.shape, p, ts),
