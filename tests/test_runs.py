@@ -153,3 +153,59 @@ def test_launcher_parameters_are_checked(tmp_path):
         run_notebook("ablation_teachers", {"teacher_settings": "mm_only,clip"}, runs_root=tmp_path / "runs",
                      reports_root=tmp_path / "reports", progress=False)
     assert "parameter 'teacher_settings'" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def stage2_run(teachers_and_stage1):
+    "Stage 2 from the fixture's stage-1 students (seeds 0, 1) and from random init, two steps each, on the 12-clip world."
+    t, _, rep_s1 = teachers_and_stage1
+    rep = run_notebook("stage2", {"num_clips": 12, "data_dir": str(t / "world"), "stage1_dir": rep_s1["run_dir"], "steps": 2,
+                                  "batch_size": 4, "seeds": "0,1", "eval_split": "train", "itm_k": 3},
+                       runs_root=t / "runs_s2", reports_root=t / "reports_s2", progress=False)
+    return t, rep_s1, rep
+
+
+def test_stage2_run_reports_retrieval_against_random_init(stage2_run):
+    from pathlib import Path
+    t, rep_s1, rep = stage2_run
+    m = rep["metrics"]
+    for k in ("t2v_r1", "v2t_r1", "t2v_r1_random_init", "v2t_r1_random_init", "chance_r1", "t2v_r1_itm", "t2v_r1_dsl",
+              "zero_shot_action_acc", "time_per_step_s", "clips_per_s"):
+        assert k in m, k
+    assert len(m["t2v_r1_per_seed"]) == 2 == len(m["t2v_r1_random_init_per_seed"])
+    assert abs(m["t2v_r1"] - sum(m["t2v_r1_per_seed"]) / 2) < 0.01
+    assert m["chance_r1"] == pytest.approx(100 / m["eval_clips"], abs=0.01)
+    assert all(0 <= m[k] <= 100 for k in ("t2v_r1", "v2t_r1", "t2v_r1_random_init"))
+    run = Path(rep["run_dir"])
+    for name in ("stage1", "random_init"):
+        for sd in (0, 1): assert (run / f"{name}-seed{sd}" / "done.json").exists()
+    # the stage-1-initialised runs really started from the students: their config names the student's run
+    cfg = (run / "stage1-seed1" / "config.yaml").read_text()
+    assert str(Path(rep_s1["run_dir"]) / "seed1") in cfg
+    page = (t / "reports_s2" / "stage2.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3                   # loss curves, recall curves, retrieved frames
+
+
+def test_stage2_under_the_deepspeed_launcher_gathers_across_two_processes(stage2_run):
+    "VTC gathers the features of both processes (the gather itself is checked against one process in tests/test_contrastive_distributed.py)."
+    from pathlib import Path
+    from iv2.engine import deepspeed_launcher
+    if deepspeed_launcher() is None: pytest.skip("deepspeed launcher not installed")
+    t, rep_s1, _ = stage2_run
+    rep = run_notebook("stage2", {"num_clips": 12, "data_dir": str(t / "world"), "stage1_dir": rep_s1["run_dir"], "steps": 2,
+                                  "batch_size": 4, "seeds": "0", "eval_split": "train", "itm_k": 3, "random_init_control": False,
+                                  "launcher": "deepspeed", "nprocs": 2},
+                       runs_root=t / "runs_s2ds", reports_root=t / "reports_s2ds", progress=False)
+    d = Path(rep["run_dir"]) / "stage1-seed0"
+    env = json.loads((d / "env.json").read_text())
+    assert env["world_size"] == 2 and env["global_batch"] == 4
+    assert "--num_accelerators 2" in (d / "launch.log").read_text()
+    assert "t2v_r1_random_init" not in rep["metrics"] and rep["scale"]["launcher"].startswith("deepspeed launcher, 2")
+
+
+def test_stage2_bad_parameters_are_named(tmp_path):
+    for params, name in (({"modalities": "vt,xx"}, "modalities"), ({"batch_size": 3, "launcher": "deepspeed", "nprocs": 2}, "batch_size"),
+                         ({"phase": "frozen"}, "phase")):
+        with pytest.raises(RunError) as e:
+            run_notebook("stage2", params, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+        assert f"parameter '{name}'" in str(e.value)
