@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['TABLE16', 'PaperTable', 'reference_table']
+__all__ = ['TABLE16', 'TABLE17', 'TABLE18', 'PaperTable', 'reference_table']
 
 # %% ../nbs/07_paper.ipynb #81c108a0
 @dataclass(frozen=True)
@@ -42,6 +42,22 @@ TABLE16 = PaperTable(
      ("ViT-1B", "InternVL-6B", "mm_only", "K-Mash2M", 91.3, 91.5, 85.1, 50.6, 76.6, 79.0),
      ("ViT-6B", "InternVL-6B + VideoMAE-g", "both", "K-Mash2M", 91.9, 91.7, 85.7, 51.0, 77.5, 79.6)),
     note="Data (Appendix B.1): K710 is 658K clips; K-Mash1.1M adds SSv2, HACS, ActivityNet and MiT clips; K-Mash2M also adds 844K YouTube videos. All used without labels.")
+
+# %% ../nbs/07_paper.ipynb #75e97279
+TABLE17 = PaperTable(
+    17, "Encoders added in stage 2 (ViT-B, BERT-B, simple video captions); zero-shot MSR-VTT t2v R@1 (%)",
+    ("setting", "modalities", "audio learned with", "MSR-VTT"),
+    (("baseline: video & text encoders, video-text learning", "vt", "-", 24.7),
+     ("+ audio encoder, audio-text learning", "vt,at", "text", 24.0),
+     ("+ speech encoder, video-speech-text learning", "speech", "-", 24.9),
+     ("+ audio encoder, video-audio-text learning", "vt,avt", "video and text", 27.8),
+     ("+ audio & speech encoders, video-audio-speech-text learning", "speech", "video and text", 25.7)))
+
+TABLE18 = PaperTable(
+    18, "Segmentation and caption kinds of stage-2 data (ViT-B, BERT-B); zero-shot MSR-VTT t2v R@1 (%)",
+    ("segmentation", "captions", "MSR-VTT"),
+    (("SceneDet", "V", 24.7), ("SceneDet", "AV", 26.6), ("SceneDet", "AVS", 27.1), ("AutoShot", "AVS", 34.8)),
+    note="Caption kinds in iv2's names: V = video captions; AV = fused with audio captions; AVS = fused with audio and speech captions.")
 
 # %% ../nbs/07_paper.ipynb #79159d67
 def reference_table(t: PaperTable, columns: tuple[str, ...] | None = None, **match) -> str:

@@ -209,3 +209,33 @@ def test_stage2_bad_parameters_are_named(tmp_path):
         with pytest.raises(RunError) as e:
             run_notebook("stage2", params, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
         assert f"parameter '{name}'" in str(e.value)
+
+
+@pytest.mark.parametrize("table, settings, names", [("17", "", ["vt", "vt,at", "vt,avt"]), ("18", "V|AVS", ["V", "AVS"])])
+def test_stage2_grids_run_every_setting_and_cite_the_paper(teachers_and_stage1, table, settings, names):
+    from pathlib import Path
+    t, _, rep_s1 = teachers_and_stage1
+    rep = run_notebook("ablation_stage2", {"table": table, "settings": settings, "num_clips": 12, "data_dir": str(t / "world"),
+                                           "stage1_dir": rep_s1["run_dir"], "steps": 1, "batch_size": 4, "seeds": "0",
+                                           "eval_split": "train", "itm_k": 3},
+                       runs_root=t / f"runs_t{table}", reports_root=t / f"reports_t{table}", progress=False)
+    grid = rep["metrics"]["grid"]
+    assert [p["setting"] for p in grid] == names
+    assert all(0 <= p["t2v_r1"] <= 100 and p["eval_clips"] == grid[0]["eval_clips"] for p in grid)   # one evaluation set
+    points = Path(rep["run_dir"]) / "points"
+    assert len(list(points.glob("*/stage1-seed0/done.json"))) == len(names)
+    if table == "17":   # the audio settings really trained the audio encoder, on the audio (+ video) pairs
+        cfg = (next(points.glob("vt+avt-*")) / "stage1-seed0" / "config.yaml").read_text()
+        assert "audio_trainable: true" in cfg and "avt" in cfg
+    else:               # Table 18 trains on the fused captions but always evaluates on V
+        s2 = json.loads((next(points.glob("AVS-*")) / "report.json").read_text())
+        assert s2["scale"]["captions"] == "train vt: AVS; evaluate V"
+    page = (t / f"reports_t{table}" / "ablation_stage2.html").read_text()
+    assert f"Paper reference (InternVideo2, Table {table}; not measured here)" in page and "data:image/png;base64," in page
+
+
+def test_stage2_grid_bad_settings_are_named(tmp_path):
+    with pytest.raises(RunError) as e:
+        run_notebook("ablation_stage2", {"table": "17", "settings": "vt|speech"}, runs_root=tmp_path / "runs",
+                     reports_root=tmp_path / "reports", progress=False)
+    assert "parameter 'settings'" in str(e.value) and "speech" in str(e.value)
