@@ -200,6 +200,11 @@ def test_stage2_under_the_deepspeed_launcher_gathers_across_two_processes(stage2
     env = json.loads((d / "env.json").read_text())
     assert env["world_size"] == 2 and env["global_batch"] == 4
     assert "--num_accelerators 2" in (d / "launch.log").read_text()
+    # at initialisation the embeddings are nearly parallel, so VTC is about ln(number of pairs it contrasts): ln 4 when
+    # each process's 2 pairs are scored against the gathered global batch of 4 (ln 2 = 0.69 without the gather)
+    import math
+    first = json.loads((d / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(first["loss_vtc"] - math.log(4)) < 0.25, first["loss_vtc"]
     assert "t2v_r1_random_init" not in rep["metrics"] and rep["scale"]["launcher"].startswith("deepspeed launcher, 2")
 
 
