@@ -12,7 +12,7 @@ from ..config import atomic_write_text
 
 # %% auto #0
 __all__ = ['CAPTION_KINDS', 'SPLITS', 'TRANSITION_KINDS', 'ManifestError', 'ClipRecord', 'record_from_dict', 'read_manifest',
-           'write_manifest', 'missing_files']
+           'write_manifest', 'missing_files', 'caption_texts', 'require_manifest']
 
 # %% ../../nbs/01_manifest.ipynb #6da8bfab
 CAPTION_KINDS = ("V", "A", "S", "AV", "AVS")  # visual, audio, speech/subtitle, audio-visual, audio-visual-speech
@@ -138,3 +138,16 @@ def write_manifest(records: Iterable[ClipRecord | dict], path: str | os.PathLike
 def missing_files(records: Iterable[ClipRecord], root: str | os.PathLike) -> list[ClipRecord]:
     "The records whose media file is not on disk."
     return [r for r in records if not r.path(root).is_file()]
+
+# %% ../../nbs/01_manifest.ipynb #21997ad9
+def caption_texts(captions: dict, kind: str) -> list[str]:
+    "The captions of `kind` in a record's `captions` dict as a list (empty when absent)."
+    c = captions.get(kind)
+    return [c] if isinstance(c, str) else list(c or [])
+
+def require_manifest(path: str | os.PathLike | None, field: str) -> str:
+    "`path` if it names an existing file; else an error naming the config `field` that should hold it."
+    from iv2.config import ConfigError
+    if not path: raise ConfigError(f"{field}: no manifest path given")
+    if not os.path.isfile(path): raise FileNotFoundError(f"{field}: {path} does not exist")
+    return str(path)

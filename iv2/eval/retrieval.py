@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Literal, Sequence
 import torch
 from tqdm import tqdm
-from ..data.manifest import CAPTION_KINDS, SPLITS, ClipRecord, write_manifest
+from ..data.manifest import CAPTION_KINDS, SPLITS, ClipRecord, write_manifest, caption_texts
 
 logger = logging.getLogger("iv2.eval.retrieval")
 
@@ -157,8 +157,7 @@ def retrieval_texts(records: Sequence[ClipRecord], kind: str = "V") -> tuple[lis
     if kind not in CAPTION_KINDS: raise ValueError(f"kind: expected one of {list(CAPTION_KINDS)}, got {kind!r}")
     texts, owner = [], []
     for i, r in enumerate(records):
-        c = r.captions.get(kind)
-        caps = [c] if isinstance(c, str) else list(c or [])
+        caps = caption_texts(r.captions, kind)
         if not caps: raise ValueError(f"records[{i}] (clip {r.id!r}): no caption of kind {kind!r}")
         texts += caps; owner += [i] * len(caps)
     if not texts: raise ValueError("records: empty")

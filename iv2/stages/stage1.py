@@ -19,6 +19,7 @@ from ..losses import (DistillLossConfig, build_heads, stage1_losses, cosine_dist
                         align_motion_frames)
 from ..encoders.vit import visible_index
 from ..data.datasets import VideoDataset
+from ..data.manifest import require_manifest
 from ..data.media import BACKENDS
 
 # %% auto #0
@@ -205,9 +206,7 @@ class Stage1Stage(StageBase):
     def dataset(self, seed: int = 0) -> VideoDataset:
         "The manifest's clips with 2T frames each."
         c = self.cfg
-        if not c.manifest: raise ConfigError("Stage1Config.manifest: no manifest path given (stage_args.manifest)")
-        if not os.path.isfile(c.manifest): raise FileNotFoundError(f"Stage1Config.manifest: {c.manifest} does not exist")
-        return VideoDataset(c.manifest, split=c.split, num_frames=2 * c.num_frames, sampling=c.sampling,
+        return VideoDataset(require_manifest(c.manifest, "Stage1Config.manifest"), split=c.split, num_frames=2 * c.num_frames, sampling=c.sampling,
                             train=c.train_aug, size=c.size, seed=seed, backend=c.backend, cache_short=c.cache_short)
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:

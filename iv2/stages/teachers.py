@@ -17,7 +17,7 @@ from ..engine import EngineConfig, StageBase, loader_batches
 from ..teachers import (TeacherConfig, IV2ImageText, build_iv2_videomae, videomae_loss, videomae_forward, clip_loss,
                           save_teacher_checkpoint)
 from ..data.datasets import VideoDataset, make_loader
-from ..data.manifest import read_manifest
+from ..data.manifest import read_manifest, require_manifest
 from ..data.media import BACKENDS, IMAGENET_MEAN, IMAGENET_STD
 from ..encoders.text import load_tokenizer, resolve_bert_path, tokenize
 from ..eval.probe import ProbeResult
@@ -74,9 +74,7 @@ class _TeacherStageBase(StageBase):
 
     def dataset(self, num_frames: int, seed: int = 0, split: str | None = None, train: bool | None = None) -> VideoDataset:
         c = self.cfg
-        if not c.manifest: raise ConfigError("TeacherTrainConfig.manifest: no manifest path given")
-        if not os.path.isfile(c.manifest): raise FileNotFoundError(f"TeacherTrainConfig.manifest: {c.manifest} does not exist")
-        return VideoDataset(c.manifest, split=c.split if split is None else split, num_frames=num_frames, sampling="tsn",
+        return VideoDataset(require_manifest(c.manifest, "TeacherTrainConfig.manifest"), split=c.split if split is None else split, num_frames=num_frames, sampling="tsn",
                             train=c.train_aug if train is None else train, size=c.teacher.img_size, seed=seed,
                             backend=c.backend, cache_short=c.cache_short)
 
