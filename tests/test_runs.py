@@ -244,3 +244,26 @@ def test_stage2_grid_bad_settings_are_named(tmp_path):
         run_notebook("ablation_stage2", {"table": "17", "settings": "vt|speech"}, runs_root=tmp_path / "runs",
                      reports_root=tmp_path / "reports", progress=False)
     assert "parameter 'settings'" in str(e.value) and "speech" in str(e.value)
+
+
+def test_vidcap_shots_run_scores_both_detectors(tmp_path):
+    params = {"world_clips": 32, "data_dir": str(tmp_path / "world"), "net_preset": "tiny", "steps": 10, "batch_size": 4}
+    rep = run_notebook("vidcap_shots", params, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+    m = rep["metrics"]
+    for k in ("f1_scenedetect", "f1_learned", "f1_scenedetect_gradual", "f1_learned_gradual"):
+        assert 0.0 <= m[k] <= 1.0, k
+    assert m["heldout_clips"] >= 1 and m["train_clips"] >= 20 and m["train_transitions"] >= 1
+    assert m["learned_threshold"] == 0.5 and m["scdet_threshold_default"] == 10.0
+    assert m["scdet_threshold_tuned"] in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
+    assert (tmp_path / "reports" / "vidcap_shots.html").exists()
+    assert "Paper reference (InternVideo2, Table 18" in (tmp_path / "reports" / "vidcap_shots.html").read_text()
+    run = rep["run_dir"]
+    import torch
+    from iv2.vidcap.shots import ShotNet, ShotNetConfig
+    ShotNet(ShotNetConfig.preset("tiny")).load_state_dict(torch.load(f"{run}/shotnet.pt", weights_only=True))
+
+
+def test_vidcap_shots_bad_parameters_are_named(tmp_path):
+    with pytest.raises(RunError) as e:
+        run_notebook("vidcap_shots", {"eval_split": "train"}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+    assert "parameter 'eval_split': expected one of ['val', 'test'], got 'train'" in str(e.value)
