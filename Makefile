@@ -20,7 +20,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 install: $(STAMP)
 
 $(STAMP): settings.ini setup.py
-	command -v espeak-ng >/dev/null || $(MAKE) system-deps
+	command -v espeak-ng >/dev/null && [ -d /usr/share/pocketsphinx/test/data/librivox ] || $(MAKE) system-deps
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build on local disk (never let a dependency pull a CUDA build).
@@ -32,9 +32,9 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (iv2)" >/dev/null
 	touch $@
 
-system-deps:  ## Debian packages: espeak-ng (real synthesized speech for the synthetic world)
+system-deps:  ## Debian packages: espeak-ng (real synthesized speech for the synthetic world), pocketsphinx-testdata (real speech with transcripts: VidCap's WER)
 	$(SUDO) apt-get update -qq
-	$(SUDO) apt-get install -y -qq espeak-ng >/dev/null
+	$(SUDO) apt-get install -y -qq espeak-ng pocketsphinx-testdata >/dev/null
 
 export: install
 	$(BIN)/nbdev_export

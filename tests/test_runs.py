@@ -261,9 +261,69 @@ def test_vidcap_shots_run_scores_both_detectors(tmp_path):
     import torch
     from iv2.vidcap.shots import ShotNet, ShotNetConfig
     ShotNet(ShotNetConfig.preset("tiny")).load_state_dict(torch.load(f"{run}/shotnet.pt", weights_only=True))
+    # the vidcap run notebook cuts the same world with this detector (no speech captioner: quick)
+    rep_v = run_notebook("vidcap", {"world_clips": 32, "data_dir": str(tmp_path / "world"), "shots_dir": run, "s_captioner": "none",
+                                    "num_workers": 1}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+    assert rep_v["scale"]["detector"].startswith("learned") and rep_v["metrics"]["videos"] == 32
+    assert rep_v["metrics"]["shots"] == sum(rep_v["metrics"][f"shots_{d}"] for d in ("keep", "too_short", "still", "extreme_motion"))
 
 
 def test_vidcap_shots_bad_parameters_are_named(tmp_path):
     with pytest.raises(RunError) as e:
         run_notebook("vidcap_shots", {"eval_split": "train"}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
     assert "parameter 'eval_split': expected one of ['val', 'test'], got 'train'" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def vidcap_run(teachers_and_stage1):
+    "VidCap (ffmpeg's detector, Whisper for speech) over the fixture's 12-clip world."
+    t, _, _ = teachers_and_stage1
+    rep = run_notebook("vidcap", {"world_clips": 12, "data_dir": str(t / "world"), "detector": "scdet", "num_workers": 2},
+                       runs_root=t / "runs_vc", reports_root=t / "reports_vc", progress=False)
+    return t, rep
+
+
+def test_vidcap_run_writes_a_manifest_with_labelled_captions(vidcap_run):
+    from pathlib import Path
+    from iv2.data.manifest import read_manifest
+    t, rep = vidcap_run
+    m = rep["metrics"]
+    assert m["videos"] == 12 and m["videos_error"] == 0 and m["shots"] >= 12
+    assert m["shots_keep"] == m["clips_final"] >= 4 and m["caption_errors"] == 0
+    recs = read_manifest(m["manifest"])
+    assert len(recs) == m["clips_final"]
+    for r in recs:
+        assert {"V", "A", "AV", "AVS"} <= set(r.captions), r.captions
+        assert r.meta["captions"]["V"] == {"backend": "synthetic-world-script", "source": "ground_truth"}
+        assert r.meta["captions"]["S"]["source"] == "model" and r.meta["captions"]["AVS"]["source"] == "rule"
+        assert r.path(Path(m["manifest"]).parent).exists() and r.end - r.start > 2.0
+    assert m["wer_librivox"] < 0.3 and 0 <= m["speech_detect_recall"] <= 1
+    card = (Path(rep["run_dir"]) / "data_card.md").read_text()
+    assert "**Ground truth, not model output:** the A, V captions" in card and "faster-whisper:tiny.en+silero-vad (model)" in card
+    assert "ground truth (not a model)" in (t / "reports_vc" / "vidcap.html").read_text()
+
+
+def test_stage2_trains_on_the_vidcap_manifest_which_it_can_then_filter(teachers_and_stage1, vidcap_run):
+    from iv2.data.manifest import read_manifest
+    t, _, rep_s1 = teachers_and_stage1
+    _, rep_vc = vidcap_run
+    man = rep_vc["metrics"]["manifest"]
+    rep = run_notebook("stage2", {"train_manifest": man, "stage1_dir": rep_s1["run_dir"], "steps": 2, "batch_size": 4, "seeds": "0",
+                                  "random_init_control": False, "eval_split": "train", "itm_k": 3},
+                       runs_root=t / "runs_s2vc", reports_root=t / "reports_s2vc", progress=False)
+    n_train = sum(r.split == "train" for r in read_manifest(man))
+    assert rep["metrics"]["train_clips"] == n_train and rep["metrics"]["eval_clips"] == n_train
+    assert rep["scale"]["data"].startswith(f"manifest {man}")
+    rep_f = run_notebook("vidcap", {"world_clips": 12, "data_dir": str(t / "world"), "detector": "scdet", "num_workers": 1,
+                                    "s_captioner": "none", "filter_fraction": 0.5, "stage2_dir": rep["run_dir"] + "/stage1-seed0"},
+                         runs_root=t / "runs_vc", reports_root=t / "reports_vcf", progress=False)
+    kept, before = rep_f["metrics"]["clips_final"], rep_f["metrics"]["shots_keep"]
+    assert (before + 1) // 2 <= kept < before
+    assert "wer_librivox" not in rep_f["metrics"]
+
+
+def test_vidcap_bad_parameters_are_named(tmp_path):
+    with pytest.raises(RunError) as e:
+        run_notebook("vidcap", {"v_captioner": "whisper", "detector": "scdet"}, runs_root=tmp_path / "runs",
+                     reports_root=tmp_path / "reports", progress=False)
+    assert "captioner parameters" in str(e.value) and "V='whisper'" in str(e.value)

@@ -26,7 +26,7 @@ from ..data.media import BACKENDS
 
 # %% auto #0
 __all__ = ['MODALITIES', 'PHASES', 'Stage2Config', 'vision_state_dict', 'Stage2Model', 'pick_caption', 'check_captions',
-           'Stage2Stage', 'stage2', 'retrieval_embeddings', 'itm_scorer']
+           'Stage2Stage', 'stage2', 'retrieval_embeddings', 'itm_scorer', 'load_stage2_run']
 
 # %% ../../nbs/33_stage2.ipynb #264db0b8
 MODALITIES = ("vt", "at", "avt", "it")
@@ -334,3 +334,18 @@ def itm_scorer(model: Stage2Model, feats: dict, direction: str = "t2v"):
             th, tm, mem = feats["text_hidden"][cand], feats["text_mask"][cand], feats["memory"][q].expand(k, -1, -1)
         return model.itm_logits(th, tm, mem)[:, 1].float()
     return score
+
+# %% ../../nbs/33_stage2.ipynb #a29c4bd5
+def load_stage2_run(train_dir: str | os.PathLike) -> Stage2Model:
+    "The model of a finished (or interrupted) stage-2 training folder, from its config.yaml and newest checkpoint, in eval mode."
+    from iv2.engine import EngineConfig, latest_checkpoint
+    from iv2.checkpoints import load_checkpoint
+    d = Path(train_dir)
+    if not (d / "config.yaml").exists(): raise FileNotFoundError(f"{d}: not a training folder (no config.yaml)")
+    ck = latest_checkpoint(d)
+    if ck is None: raise FileNotFoundError(f"{d}: has no checkpoint under ckpt/")
+    cfg = Stage2Config.from_dict(EngineConfig.from_yaml(d / "config.yaml").stage_args, f"{d}/config.yaml stage_args")
+    model = Stage2Model(cfg.override(vision_init=""))
+    sd, _ = load_checkpoint(ck / "model.safetensors")
+    model.load_state_dict(sd)
+    return model.eval()
