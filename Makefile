@@ -1,6 +1,6 @@
 # iv2: two commands set up a fresh machine.
 #   make test   install (if needed), check iv2/ is what nbs/ exports, run every notebook's tests and tests/
-#   make demo   install (if needed), run the main job on the embedded default (world -> teachers -> stage 1 -> stage 2), render reports/
+#   make demo   install (if needed), run the main job on the embedded default (world -> teachers -> stage 1 -> stage 2 -> VidCap), render reports/
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
@@ -57,12 +57,15 @@ pytest: install
 
 test: check-export nbtest pytest
 
-demo: install  ## the embedded default at the tiny preset: the world, its teachers, stage 1, stage 2 -> reports/
+demo: install  ## the embedded default at the tiny preset: the world, its teachers, stage 1, stage 2, VidCap -> reports/
 	$(BIN)/iv2 run synth_world -p preset tiny
 	$(BIN)/iv2 run teachers -p preset tiny
 	$(BIN)/iv2 run stage1 -p preset tiny
 	# stage 2 from the two stage-1 students and from random init: 4 models x 100 steps (about 12 minutes on 2 cores)
 	$(BIN)/iv2 run stage2 -p preset tiny -p steps 100
+	# VidCap: the learned shot detector trained on the world's transitions, then clips, five captions (Whisper for speech), manifest, data card
+	$(BIN)/iv2 run vidcap_shots -p steps 300
+	$(BIN)/iv2 run vidcap
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(SUDO),,--allow-root)
