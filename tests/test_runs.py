@@ -253,6 +253,11 @@ def test_vidcap_shots_run_scores_both_detectors(tmp_path):
     for k in ("f1_scenedetect", "f1_learned", "f1_scenedetect_gradual", "f1_learned_gradual"):
         assert 0.0 <= m[k] <= 1.0, k
     assert m["heldout_clips"] >= 1 and m["train_clips"] >= 20 and m["train_transitions"] >= 1
+    from iv2.data.manifest import read_manifest
+    world = read_manifest(tmp_path / "world" / "manifest.jsonl")
+    held = [t for r in world if r.split == "test" for t in (r.transitions or [])]
+    assert m["heldout_transitions"] == len(held) and m["heldout_gradual"] == sum(t["kind"] != "cut" for t in held)
+    assert m["train_transitions"] == sum(len(r.transitions or []) for r in world if r.split == "train")
     assert m["learned_threshold"] == 0.5 and m["scdet_threshold_default"] == 10.0
     assert m["scdet_threshold_tuned"] in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
     assert (tmp_path / "reports" / "vidcap_shots.html").exists()
@@ -295,11 +300,11 @@ def test_vidcap_run_writes_a_manifest_with_labelled_captions(vidcap_run):
     for r in recs:
         assert {"V", "A", "AV", "AVS"} <= set(r.captions), r.captions
         assert r.meta["captions"]["V"] == {"backend": "synthetic-world-script", "source": "ground_truth"}
-        assert r.meta["captions"]["S"]["source"] == "model" and r.meta["captions"]["AVS"]["source"] == "rule"
+        assert r.meta["captions"]["S"]["source"] == "model" and r.meta["captions"]["AVS"]["source"] == "ground_truth"
         assert r.path(Path(m["manifest"]).parent).exists() and r.end - r.start > 2.0
-    assert m["wer_librivox"] < 0.3 and 0 <= m["speech_detect_recall"] <= 1
+    assert m["wer_librivox"] < 0.3 and m["speech_detect_recall"] >= 0.5      # espeak-ng speech is found by the VAD
     card = (Path(rep["run_dir"]) / "data_card.md").read_text()
-    assert "**Ground truth, not model output:** the A, V captions" in card and "faster-whisper:tiny.en+silero-vad (model)" in card
+    assert "**Ground truth, not model output:** the A, AV, AVS, V captions" in card and "faster-whisper:tiny.en+silero-vad (model)" in card
     assert "ground truth (not a model)" in (t / "reports_vc" / "vidcap.html").read_text()
 
 
@@ -319,7 +324,7 @@ def test_stage2_trains_on_the_vidcap_manifest_which_it_can_then_filter(teachers_
                          runs_root=t / "runs_vc", reports_root=t / "reports_vcf", progress=False)
     kept, before = rep_f["metrics"]["clips_final"], rep_f["metrics"]["shots_keep"]
     assert (before + 1) // 2 <= kept < before
-    assert "wer_librivox" not in rep_f["metrics"]
+    assert "wer_librivox" not in rep_f["metrics"] and "speech_detect_recall" not in rep_f["metrics"]   # no model for S: not measured
 
 
 def test_vidcap_bad_parameters_are_named(tmp_path):
