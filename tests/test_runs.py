@@ -216,13 +216,14 @@ def test_stage2_bad_parameters_are_named(tmp_path):
         assert f"parameter '{name}'" in str(e.value)
 
 
-@pytest.mark.parametrize("table, settings, names", [("17", "", ["vt", "vt,at", "vt,avt"]), ("18", "V|AVS", ["V", "AVS"])])
+@pytest.mark.parametrize("table, settings, names", [("17", "", ["vt", "vt,at", "vt,avt"]), ("18", "V|AVS|AVS@scdet", ["V", "AVS", "AVS@scdet"])])
 def test_stage2_grids_run_every_setting_and_cite_the_paper(teachers_and_stage1, table, settings, names):
     from pathlib import Path
+    from iv2.data.manifest import read_manifest
     t, _, rep_s1 = teachers_and_stage1
     rep = run_notebook("ablation_stage2", {"table": table, "settings": settings, "num_clips": 12, "data_dir": str(t / "world"),
                                            "stage1_dir": rep_s1["run_dir"], "steps": 1, "batch_size": 4, "seeds": "0",
-                                           "eval_split": "train", "itm_k": 3},
+                                           "eval_split": "train", "itm_k": 3, "vidcap_s_captioner": "synthetic"},
                        runs_root=t / f"runs_t{table}", reports_root=t / f"reports_t{table}", progress=False)
     grid = rep["metrics"]["grid"]
     assert [p["setting"] for p in grid] == names
@@ -235,6 +236,12 @@ def test_stage2_grids_run_every_setting_and_cite_the_paper(teachers_and_stage1, 
     else:               # Table 18 trains on the fused captions but always evaluates on V
         s2 = json.loads((next(points.glob("AVS-*")) / "report.json").read_text())
         assert s2["scale"]["captions"] == "train vt: AVS; evaluate V"
+        # the segmentation point trained on VidCap's clips and was evaluated on the world's clips, like the others
+        pv = next(points.glob("AVS@scdet-*"))
+        sv, params = json.loads((pv / "report.json").read_text()), json.loads((pv / "run.json").read_text())["params"]
+        vc = json.loads((next(points.glob("vidcap-scdet-*")) / "report.json").read_text())
+        assert params["train_manifest"] == vc["metrics"]["manifest"] and params["eval_manifest"].endswith("world/manifest.jsonl")
+        assert sv["metrics"]["train_clips"] == sum(r.split == "train" for r in read_manifest(vc["metrics"]["manifest"]))
     page = (t / f"reports_t{table}" / "ablation_stage2.html").read_text()
     assert f"Paper reference (InternVideo2, Table {table}; not measured here)" in page and "data:image/png;base64," in page
 
