@@ -277,6 +277,7 @@ def test_vidcap_shots_run_scores_both_detectors(tmp_path):
     rep_v = run_notebook("vidcap", {"world_clips": 32, "data_dir": str(tmp_path / "world"), "shots_dir": run, "s_captioner": "none",
                                     "num_workers": 1}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
     assert rep_v["scale"]["detector"].startswith("learned") and rep_v["metrics"]["videos"] == 32
+    assert all(rep_v["metrics"][k] == m[k] for k in ("f1_scenedetect", "f1_learned", "f1_scenedetect_gradual", "f1_learned_gradual"))
     assert rep_v["metrics"]["shots"] == sum(rep_v["metrics"][f"shots_{d}"] for d in ("keep", "too_short", "still", "extreme_motion"))
 
 
