@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_cli.ipynb #dd26f14e
 from __future__ import annotations
-import argparse, json, sys
+import argparse, sys
 from pathlib import Path
 from .reports import RunError, build_index, parse_param, render_report, run_notebook
 

@@ -164,13 +164,17 @@ class ParameterError(ConfigError):
     "A papermill parameter has a wrong type or value."
 
 def check_params(values: dict, spec: dict[str, Param]) -> dict:
-    "Validate `values` (e.g. `globals()`) against `spec`; return the checked parameters, raise `ParameterError` naming the bad one."
+    """Validate `values` (e.g. `globals()`) against `spec`; return the checked parameters, raise `ParameterError` naming the
+    bad one. An int given for a float parameter becomes a float, a number given for a string parameter its text
+    (`-p seeds 0`); the coerced value is written back into `values`."""
     out = {}
     for name, p in spec.items():
         if name not in values: raise ParameterError(f"parameter {name!r} is missing")
         v = values[name]
         types_ = p.type if isinstance(p.type, tuple) else (p.type,)
         if float in types_ and isinstance(v, int) and not isinstance(v, bool): v = float(v)
+        # papermill's `-p seeds 0` arrives as the int 0: a string parameter takes a number as its text
+        if str in types_ and isinstance(v, (int, float)) and not isinstance(v, bool) and not isinstance(v, types_): v = str(v)
         bad_bool = isinstance(v, bool) and bool not in types_
         if bad_bool or not isinstance(v, types_):
             raise ParameterError(f"parameter {name!r}: expected {' or '.join(t.__name__ for t in types_)}, got {v!r}"
@@ -179,5 +183,5 @@ def check_params(values: dict, spec: dict[str, Param]) -> dict:
             raise ParameterError(f"parameter {name!r}: expected one of {list(p.choices)}, got {v!r}")
         if p.min is not None and v < p.min: raise ParameterError(f"parameter {name!r}: must be >= {p.min}, got {v!r}")
         if p.max is not None and v > p.max: raise ParameterError(f"parameter {name!r}: must be <= {p.max}, got {v!r}")
-        out[name] = v
+        out[name] = values[name] = v                    # the notebook reads its globals: they get the coerced value
     return out

@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_engine.ipynb #84d1e009
 from __future__ import annotations
-import argparse, contextlib, importlib, itertools, json, math, os, random, resource, shutil, socket, subprocess, sys, time
+import argparse, contextlib, importlib, json, math, os, random, resource, shutil, socket, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Protocol, runtime_checkable

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_paper.ipynb #f998bd42
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # %% auto #0
 __all__ = ['TABLE16', 'TABLE17', 'TABLE18', 'PaperTable', 'reference_table']

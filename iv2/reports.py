@@ -4,9 +4,9 @@
 
 # %% ../nbs/60_reports.ipynb #9147c0ec
 from __future__ import annotations
-import datetime as _dt, html, json, os, platform, re, shlex, subprocess, sys, time
+import datetime as _dt, html, json, os, platform, re, shlex, subprocess, time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 import nbformat
 from .config import atomic_write_text, project_root, runs_dir, reports_dir
 

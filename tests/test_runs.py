@@ -221,10 +221,9 @@ def test_stage2_grids_run_every_setting_and_cite_the_paper(teachers_and_stage1, 
     from pathlib import Path
     from iv2.data.manifest import read_manifest
     t, _, rep_s1 = teachers_and_stage1
-    rep = run_notebook("ablation_stage2", {"table": table, "settings": settings, "num_clips": 12, "data_dir": str(t / "world"),
-                                           "stage1_dir": rep_s1["run_dir"], "steps": 1, "batch_size": 4, "seeds": "0",
-                                           "eval_split": "train", "itm_k": 3, "vidcap_s_captioner": "synthetic"},
-                       runs_root=t / f"runs_t{table}", reports_root=t / f"reports_t{table}", progress=False)
+    base = {"table": table, "num_clips": 12, "data_dir": str(t / "world"), "stage1_dir": rep_s1["run_dir"], "steps": 1, "batch_size": 4,
+            "seeds": "0", "eval_split": "train", "itm_k": 3, "vidcap_s_captioner": "synthetic"}
+    rep = run_notebook("ablation_stage2", {**base, "settings": settings}, runs_root=t / f"runs_t{table}", reports_root=t / f"reports_t{table}", progress=False)
     grid = rep["metrics"]["grid"]
     assert [p["setting"] for p in grid] == names
     assert all(0 <= p["t2v_r1"] <= 100 and p["eval_clips"] == grid[0]["eval_clips"] for p in grid)   # one evaluation set
@@ -242,6 +241,17 @@ def test_stage2_grids_run_every_setting_and_cite_the_paper(teachers_and_stage1, 
         vc = json.loads((next(points.glob("vidcap-scdet-*")) / "report.json").read_text())
         assert params["train_manifest"] == vc["metrics"]["manifest"] and params["eval_manifest"].endswith("world/manifest.jsonl")
         assert sv["metrics"]["train_clips"] == sum(r.split == "train" for r in read_manifest(vc["metrics"]["manifest"]))
+        # a finished vidcap run is reused once its world, detector and speech captioner are checked
+        vdir = str(next(points.glob("vidcap-scdet-*")))
+        with pytest.raises(RunError) as e:
+            run_notebook("ablation_stage2", {**base, "settings": "AVS@learned", "vidcap_runs": f"learned={vdir}"},
+                         runs_root=t / "runs_t18b", reports_root=t / "reports_t18b", progress=False)
+        assert "parameter 'vidcap_runs'" in str(e.value) and "'detector': 'scdet'" in str(e.value)
+        rep2 = run_notebook("ablation_stage2", {**base, "settings": "AVS@scdet", "vidcap_runs": f"scdet={vdir}"},
+                            runs_root=t / "runs_t18b", reports_root=t / "reports_t18b", progress=False)
+        points2 = Path(rep2["run_dir"]) / "points"
+        p2 = json.loads((next(points2.glob("AVS@scdet-*")) / "run.json").read_text())["params"]
+        assert p2["train_manifest"] == vc["metrics"]["manifest"] and not list(points2.glob("vidcap-*"))
     page = (t / f"reports_t{table}" / "ablation_stage2.html").read_text()
     assert f"Paper reference (InternVideo2, Table {table}; not measured here)" in page and "data:image/png;base64," in page
 
@@ -317,6 +327,7 @@ def test_vidcap_run_writes_a_manifest_with_labelled_captions(vidcap_run):
 
 
 def test_stage2_trains_on_the_vidcap_manifest_which_it_can_then_filter(teachers_and_stage1, vidcap_run):
+    from pathlib import Path
     from iv2.data.manifest import read_manifest
     t, _, rep_s1 = teachers_and_stage1
     _, rep_vc = vidcap_run
@@ -327,12 +338,24 @@ def test_stage2_trains_on_the_vidcap_manifest_which_it_can_then_filter(teachers_
     n_train = sum(r.split == "train" for r in read_manifest(man))
     assert rep["metrics"]["train_clips"] == n_train and rep["metrics"]["eval_clips"] == n_train
     assert rep["scale"]["data"].startswith(f"manifest {man}")
+    # the same stage-2 model writes the V captions (retrieval) and then filters the clips by them
+    s2 = rep["run_dir"] + "/stage1-seed0"
     rep_f = run_notebook("vidcap", {"world_clips": 12, "data_dir": str(t / "world"), "detector": "scdet", "num_workers": 1,
-                                    "s_captioner": "none", "filter_fraction": 0.5, "stage2_dir": rep["run_dir"] + "/stage1-seed0"},
+                                    "v_captioner": f"retrieval:{s2}", "s_captioner": "none", "filter_fraction": 0.5, "stage2_dir": s2},
                          runs_root=t / "runs_vc", reports_root=t / "reports_vcf", progress=False)
-    kept, before = rep_f["metrics"]["clips_final"], rep_f["metrics"]["shots_keep"]
+    m = rep_f["metrics"]
+    kept, before = m["clips_final"], m["shots_keep"]
     assert (before + 1) // 2 <= kept < before
-    assert "wer_librivox" not in rep_f["metrics"] and "speech_detect_recall" not in rep_f["metrics"]   # no model for S: not measured
+    assert "wer_librivox" not in m and "speech_detect_recall" not in m      # no model for S: not measured
+    assert m["caption_sources"]["V"].endswith("(model)") and m["caption_sources"]["V"].startswith("stage2-retrieval:")
+    # graded against the ground truth, beside chance; the filter's scorer and the kept/dropped split are measured
+    for k in ("v_word_f1", "v_chance_word_f1", "v_label_acc", "v_chance_label_acc", "filter_auc", "filter_kept_label_acc", "filter_dropped_label_acc"):
+        assert 0.0 <= m[k] <= 1.0, (k, m)
+    assert "a_word_f1" not in m                                               # A captions are the ground truth: not graded
+    recs = read_manifest(m["manifest"])
+    assert len(recs) == kept and all(r.meta["captions"]["V"]["source"] == "model" for r in recs)
+    card = (Path(rep_f["run_dir"]) / "data_card.md").read_text()
+    assert "own-caption AUC of the scorer" in card and "graded against the world's ground truth" in card
 
 
 def test_vidcap_bad_parameters_are_named(tmp_path):

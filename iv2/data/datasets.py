@@ -6,9 +6,9 @@
 from __future__ import annotations
 import json, logging, os, time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Iterable, Literal, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset

@@ -5,7 +5,7 @@
 # %% ../../nbs/01_manifest.ipynb #1e96a9bd
 from __future__ import annotations
 import json, os
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Iterable
 from ..config import atomic_write_text

@@ -4,8 +4,7 @@
 
 # %% ../../nbs/03_media.ipynb #12e8ee8b
 from __future__ import annotations
-import contextlib, hashlib, json, math, os, re
-from fractions import Fraction
+import contextlib, hashlib, json, os, re
 from pathlib import Path
 from typing import Iterator, Sequence
 import numpy as np
@@ -16,10 +15,10 @@ import av
 # %% auto #0
 __all__ = ['MEDIA_ERROR_KINDS', 'SAMPLINGS', 'BACKENDS', 'FRAME_CACHE_VERSION', 'IMAGENET_MEAN', 'IMAGENET_STD', 'MULTI_SCALES',
            'AUDIO_SR', 'FBANK_BINS', 'FBANK_MEAN', 'FBANK_STD', 'MAX_AUDIO_SECONDS', 'FBANK_FRAMES', 'MediaError',
-           'check_file', 'square_x', 'write_test_clip', 'sample_tsn', 'sample_uniform', 'sample_consecutive',
-           'is_too_short', 'sample_indices', 'frame_cache_path', 'open_video', 'frame_window', 'read_video', 'probe',
-           'to_tensor', 'resize', 'resize_short', 'center_crop', 'multi_scale_crop_params', 'hflip', 'normalize',
-           'video_transform', 'fbank_frames', 'load_audio', 'fbank', 'audio_features']
+           'check_file', 'square_x', 'write_frames', 'tone', 'write_test_clip', 'sample_tsn', 'sample_uniform',
+           'sample_consecutive', 'is_too_short', 'sample_indices', 'frame_cache_path', 'open_video', 'frame_window',
+           'read_video', 'probe', 'to_tensor', 'resize', 'resize_short', 'center_crop', 'multi_scale_crop_params',
+           'hflip', 'normalize', 'video_transform', 'fbank_frames', 'load_audio', 'fbank', 'audio_features']
 
 # %% ../../nbs/03_media.ipynb #1ed331dd
 MEDIA_ERROR_KINDS = ("missing", "empty", "corrupt", "no_video_stream", "no_audio", "too_short")
@@ -44,36 +43,52 @@ def square_x(i: int, x0: int = 2, dx: int = 1) -> int:
     "Left column of the square in frame `i` of a `write_test_clip` clip."
     return x0 + i * dx
 
+def write_frames(path: str | os.PathLike, frames, fps: int = 25, wav: np.ndarray | None = None, sr: int = 16000,
+                 crf: int = 12, gop: int | None = None, faststart: bool = False) -> Path:
+    """Write `frames` ((N, H, W, 3) uint8 RGB) as an H.264 mp4 (no B-frames, `yuv420p`), with `wav` (mono float32 at
+    `sr`) as an AAC track when given; atomically (a temporary file, then a rename)."""
+    frames = np.asarray(frames)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        with av.open(str(tmp), "w", format="mp4", options={"movflags": "faststart"} if faststart else {}) as c:
+            vs = c.add_stream("libx264", rate=fps)
+            vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            vs.options = {"bframes": "0", "crf": str(crf), **({"g": str(gop)} if gop else {})}
+            ast = None
+            if wav is not None:
+                ast = c.add_stream("aac", rate=sr); ast.layout = "mono"
+            for f in frames:
+                for p in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")): c.mux(p)
+            for p in vs.encode(): c.mux(p)
+            if ast is not None:
+                wav = np.asarray(wav, np.float32)
+                for k in range(0, len(wav), 1024):
+                    fr = av.AudioFrame.from_ndarray(wav[None, k:k + 1024], format="flt", layout="mono")
+                    fr.sample_rate, fr.pts = sr, k
+                    for p in ast.encode(fr): c.mux(p)
+                for p in ast.encode(): c.mux(p)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
+
+def tone(seconds: float, hz: float = 440.0, amp: float = 0.3, sr: int = 16000) -> np.ndarray:
+    "A sine of `hz` lasting `seconds`, mono float32 at `sr`."
+    return (amp * np.sin(2 * np.pi * hz * np.arange(int(round(sr * seconds))) / sr)).astype(np.float32)
+
 def write_test_clip(path: str | os.PathLike, num_frames: int = 50, width: int = 96, height: int = 64, fps: int = 25,
                     square: int = 16, y0: int = 16, x0: int = 2, dx: int = 1, bg=(40, 40, 40), fg=(230, 40, 40),
                     tone_hz: float | None = 1000.0, sr: int = 16000, amp: float = 0.5, gop: int = 10,
                     faststart: bool = False) -> Path:
     "Write an mp4: background `bg`, a `fg` square at rows `y0:y0+square`, columns `square_x(i):+square`; AAC tone if `tone_hz`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    with av.open(str(tmp), "w", format="mp4", options={"movflags": "faststart"} if faststart else {}) as c:
-        vs = c.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.options = {"bframes": "0", "g": str(gop), "crf": "10"}
-        ast = None
-        if tone_hz is not None:
-            ast = c.add_stream("aac", rate=sr); ast.layout = "mono"
-        for i in range(num_frames):
-            img = np.empty((height, width, 3), np.uint8); img[:] = bg
-            if square > 0:
-                x = square_x(i, x0, dx); img[y0:y0 + square, max(x, 0):max(x + square, 0)] = fg
-            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")): c.mux(p)
-        for p in vs.encode(): c.mux(p)
-        if ast is not None:
-            n = int(round(sr * num_frames / fps)); t = np.arange(n) / sr
-            wav = (amp * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
-            for k in range(0, n, 1024):
-                fr = av.AudioFrame.from_ndarray(wav[None, k:k + 1024], format="flt", layout="mono")
-                fr.sample_rate, fr.pts = sr, k
-                for p in ast.encode(fr): c.mux(p)
-            for p in ast.encode(): c.mux(p)
-    os.replace(tmp, path)
-    return path
+    frames = np.empty((num_frames, height, width, 3), np.uint8); frames[:] = bg
+    for i in range(num_frames):
+        if square > 0:
+            x = square_x(i, x0, dx); frames[i, y0:y0 + square, max(x, 0):max(x + square, 0)] = fg
+    wav = tone(num_frames / fps, tone_hz, amp, sr) if tone_hz is not None else None
+    return write_frames(path, frames, fps, wav, sr, crf=10, gop=gop, faststart=faststart)
+
 
 # %% ../../nbs/03_media.ipynb #a3e0351f
 SAMPLINGS = ("tsn", "uniform", "consecutive")

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/12_text.ipynb #af130262
 from __future__ import annotations
-import copy, json, os
+import json, os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal

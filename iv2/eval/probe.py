@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

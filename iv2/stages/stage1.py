@@ -6,14 +6,14 @@
 from __future__ import annotations
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal
+from typing import ClassVar, Iterator, Literal
 import torch
 from torch import nn
 
-from ..config import Config, ConfigError, rng_for
+from ..config import Config, ConfigError
 from ..engine import EngineConfig, StageBase, default_param_groups, loader_batches
 from ..encoders.vit import VisionConfig, VisionTransformer
-from ..teachers import TeacherConfig, Teacher, build_teacher
+from ..teachers import TeacherConfig, build_teacher
 from ..masking import MaskConfig, make_mask, num_visible
 from ..losses import (DistillLossConfig, build_heads, stage1_losses, cosine_distill_loss, gather_visible,
                         align_motion_frames)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn

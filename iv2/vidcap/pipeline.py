@@ -19,9 +19,10 @@ from .captioners import (ClipMedia, FrameCaptioner, LLMFuser, RetrievalCaptioner
 logger = logging.getLogger("iv2.vidcap.pipeline")
 
 # %% auto #0
-__all__ = ['logger', 'UNIMODAL', 'DEFAULT_SPECS', 'FUSION_INPUTS', 'BIAS_TERMS', 'check_specs', 'caption_bank',
+__all__ = ['logger', 'UNIMODAL', 'DEFAULT_SPECS', 'FUSION_INPUTS', 'FUNCTION_WORDS', 'BIAS_TERMS', 'check_specs', 'caption_bank',
            'build_captioners', 'caption_clip', 'caption_clips', 'read_captions', 'vidcap_manifest',
-           'filter_top_fraction', 'stage2_similarity', 'keyword_stats', 'manifest_stats', 'write_data_card']
+           'filter_top_fraction', 'stage2_embeddings', 'stage2_similarity', 'own_caption_auc', 'content_words',
+           'word_f1', 'caption_labels', 'caption_agreement', 'keyword_stats', 'manifest_stats', 'write_data_card']
 
 # %% ../../nbs/53_vidcap_pipeline.ipynb #4e057d41
 UNIMODAL = ("V", "A", "S")
@@ -150,20 +151,87 @@ def filter_top_fraction(scores: dict[str, float], fraction: float) -> set[str]:
     cut = v[max(int(np.ceil(fraction * len(v))) - 1, 0)]
     return {k for k, s in scores.items() if s >= cut}
 
-def stage2_similarity(model, manifest: str | os.PathLike, kind: str = "V", batch_size: int = 16, progress: bool = False) -> dict[str, float]:
-    "Per clip: cosine of its video embedding and its (first) `kind` caption's text embedding under a `Stage2Model`."
+def stage2_embeddings(model, manifest: str | os.PathLike, kind: str = "V", batch_size: int = 16, progress: bool = False) -> dict:
+    """Every clip of `manifest` with a `kind` caption, under a `Stage2Model`: `ids`, `texts` (its first `kind` caption),
+    `video` (N, E) and `text` (N, E) embeddings, rows L2-normalised."""
     from iv2.data.datasets import VideoDataset, make_loader
     from iv2.data.manifest import caption_texts
     from iv2.stages.stage2 import retrieval_embeddings
     recs = [r for r in read_manifest(manifest) if caption_texts(r.captions, kind)]
-    if not recs: return {}
+    if not recs: return {"ids": [], "texts": [], "video": None, "text": None}
     c = model.cfg
     ds = VideoDataset(recs, root=Path(manifest).parent, num_frames=c.num_frames, sampling="tsn", train=False, size=c.size,
                       backend="cache", cache_short=c.cache_short, audio=False)
     f = retrieval_embeddings(model, make_loader(ds, batch_size), "vt", kind, progress=progress)
     first: dict[int, int] = {}
     for j, v in enumerate(f["text_to_video"].tolist()): first.setdefault(v, j)
-    return {f["ids"][v]: float(f["video"][v] @ f["text"][j]) for v, j in first.items()}
+    vs = sorted(first); js = [first[v] for v in vs]
+    return {"ids": [f["ids"][v] for v in vs], "texts": [f["texts"][j] for j in js], "video": f["video"][vs].float(), "text": f["text"][js].float()}
+
+def stage2_similarity(model, manifest: str | os.PathLike, kind: str = "V", batch_size: int = 16, progress: bool = False) -> dict[str, float]:
+    "Per clip: cosine of its video embedding and its (first) `kind` caption's text embedding under a `Stage2Model`."
+    e = stage2_embeddings(model, manifest, kind, batch_size, progress)
+    if not e["ids"]: return {}
+    return dict(zip(e["ids"], (e["video"] * e["text"]).sum(-1).tolist()))
+
+def own_caption_auc(video, text, texts: Sequence[str]) -> float | None:
+    """P(a clip's own caption scores above another clip's caption of a different text), averaged over clips; ties count
+    half. `video`, `text`: (N, E) embeddings of the same N clips; None when no clip has a different-text negative."""
+    import torch
+    S = torch.as_tensor(video, dtype=torch.float64) @ torch.as_tensor(text, dtype=torch.float64).T      # (N videos, N captions)
+    own = S.diagonal()[:, None]
+    codes = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    code = torch.tensor([codes[t] for t in texts])
+    neg = code[None, :] != code[:, None]                                   # another clip's caption, with another text
+    wins = ((S < own).double() + 0.5 * (S == own).double()) * neg
+    n = neg.sum(1)
+    ok = n > 0
+    return float((wins.sum(1)[ok] / n[ok]).mean()) if ok.any() else None
+
+# %% ../../nbs/53_vidcap_pipeline.ipynb #8a3ebcdf
+FUNCTION_WORDS = frozenset("a an the and or of over with while as then is are be can it its by to in on at from this that".split())
+
+def content_words(text: str) -> set[str]:
+    "The set of lower-case words of `text` minus `FUNCTION_WORDS`."
+    return set(re.findall(r"[a-z0-9']+", text.lower())) - FUNCTION_WORDS
+
+def word_f1(hyp: str, ref: str) -> float:
+    "F1 of the content-word sets of a caption and its reference (1.0 when both are empty)."
+    h, r = content_words(hyp), content_words(ref)
+    if not h and not r: return 1.0
+    both = len(h & r)
+    return 2 * both / (len(h) + len(r))
+
+def caption_labels(records: Sequence[ClipRecord], kind: str, key: str = "action", split: str = "train") -> dict[str, str]:
+    "Each distinct `kind` caption of the `split` records -> the most common `labels[key]` among the records carrying it."
+    from iv2.data.manifest import caption_texts
+    votes: dict[str, Counter] = {}
+    for r in records:
+        if r.split != split or key not in (r.labels or {}): continue
+        for t in caption_texts(r.captions, kind): votes.setdefault(t, Counter())[r.labels[key]] += 1
+    return {t: c.most_common(1)[0][0] for t, c in votes.items()}
+
+def caption_agreement(hyps: dict[str, str], refs: dict[str, str], labels: dict[str, str] | None = None,
+                      text_labels: dict[str, str] | None = None, bank: Sequence[str] = (), seed: int = 0) -> dict:
+    """Model captions `hyps` against ground-truth `refs` (both by clip id; clips in both are scored): `exact`, `word_f1`,
+    and with `labels` (clip id -> label) and `text_labels` (caption -> label) `label_acc`; with a `bank`, the same for
+    one caption drawn from it per clip (`chance_word_f1`, seeded) and the expected `chance_label_acc`."""
+    ids = [i for i in hyps if i in refs]
+    out = {"clips": len(ids)}
+    if not ids: return out
+    out["exact"] = float(np.mean([hyps[i] == refs[i] for i in ids]))
+    out["word_f1"] = float(np.mean([word_f1(hyps[i], refs[i]) for i in ids]))
+    lab_ids = [i for i in ids if labels and i in labels]
+    if labels is not None and text_labels is not None and lab_ids:
+        out["label_acc"] = float(np.mean([text_labels.get(hyps[i]) == labels[i] for i in lab_ids]))
+    bank = list(bank)
+    if bank:
+        rng = np.random.default_rng(seed)
+        out["chance_word_f1"] = float(np.mean([word_f1(bank[rng.integers(len(bank))], refs[i]) for i in ids]))
+        if labels is not None and text_labels is not None and lab_ids:
+            share = Counter(text_labels.get(t) for t in bank)
+            out["chance_label_acc"] = float(np.mean([share[labels[i]] / len(bank) for i in lab_ids]))
+    return out
 
 # %% ../../nbs/53_vidcap_pipeline.ipynb #74c3caef
 BIAS_TERMS = {
