@@ -116,7 +116,8 @@ def reproduce_command(name: str, params: dict) -> str:
 def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: str | None = None,
                  runs_root: str | os.PathLike | None = None, reports_root: str | os.PathLike | None = None,
                  progress: bool = True) -> dict:
-    "Execute run notebook `nb` (a path, or a name in `nbs/runs/`) with papermill, then render its report. Returns the report JSON."
+    """Execute run notebook `nb` (a path, or a name in `nbs/runs/`) with papermill, then render its report. Returns the report JSON.
+    The run directory and the report are named `run_name` when given, else after the notebook."""
     import papermill as pm
     nb = Path(nb)
     if nb.suffix != ".ipynb": nb = runs_notebooks_dir() / f"{nb}.ipynb"
@@ -134,9 +135,10 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     except pm.PapermillExecutionError as e:
         raise RunError(f"{name}: {e.ename}: {e.evalue}\n(executed notebook with the traceback: {out_nb})") from None
     wall = time.time() - t0
-    meta = {"name": name, "notebook": str(nb.relative_to(project_root())) if nb.is_relative_to(project_root()) else str(nb),
+    # the report is named after the run: `--run-name` keeps two runs of one notebook (Table 17 and 18) side by side
+    meta = {"name": run_name or name, "notebook": str(nb.relative_to(project_root())) if nb.is_relative_to(project_root()) else str(nb),
             "params": params, "run_dir": str(run_dir), "started": started, "wall_time_s": round(wall, 2),
-            "command": reproduce_command(name, params)}
+            "command": reproduce_command(name, params) + (f" --run-name {shlex.quote(run_name)}" if run_name else "")}
     atomic_write_text(run_dir / "run.json", json.dumps(meta, indent=1, sort_keys=True))
     return render_report(run_dir, reports_root)
 

@@ -18,8 +18,8 @@ logger = logging.getLogger("iv2.vidcap.captioners")
 # %% auto #0
 __all__ = ['logger', 'SOURCES', 'POCKETSPHINX_DATA', 'FUSED_KINDS', 'Caption', 'ClipMedia', 'Captioner', 'default_whisper_dir',
            'SpeechCaptioner', 'normalize_text', 'word_error_rate', 'real_speech_set', 'shot_script', 'covering_shot',
-           'SyntheticCaptioner', 'FrameCaptioner', 'RetrievalCaptioner', 'default_prompts_path', 'load_prompts',
-           'TemplateFuser', 'LLMFuser']
+           'SyntheticCaptioner', 'FrameCaptioner', 'text_embeddings', 'RetrievalCaptioner', 'default_prompts_path',
+           'load_prompts', 'TemplateFuser', 'LLMFuser']
 
 # %% ../../nbs/52_vidcap_captioners.ipynb #9589b0f1
 SOURCES = ("model", "rule", "ground_truth")
@@ -263,11 +263,17 @@ class FrameCaptioner:
         return Caption("V", text, self.backend, self.source, {"frames": [int(i) for i in idx], "frame_captions": caps})
 
 # %% ../../nbs/52_vidcap_captioners.ipynb #8788c5c9
+def text_embeddings(model, texts: Sequence[str], batch_size: int = 64):
+    "(N, E) L2-normalised contrastive embeddings of `texts` under a `Stage2Model` ([CLS] through `text_proj`)."
+    import torch, torch.nn.functional as F
+    with torch.no_grad():
+        return torch.cat([F.normalize(model.text_proj(model.encode_text(list(texts[i:i + batch_size]))[1]).float(), dim=-1)
+                          for i in range(0, len(texts), batch_size)])
+
 class RetrievalCaptioner:
     "V (video) or A (audio) captions: the nearest of `bank`'s sentences under a stage-2 model (see above)."
     source = "model"
     def __init__(self, kind: str, model, bank: Sequence[str], name: str | None = None, batch_size: int = 64):
-        import torch, torch.nn.functional as F
         from iv2.stages.stage2 import load_stage2_run
         if kind not in ("V", "A"): raise ValueError(f"RetrievalCaptioner: kind must be V or A, got {kind!r}")
         if isinstance(model, (str, os.PathLike)): name, model = name or Path(model).parent.name, load_stage2_run(model)
@@ -276,9 +282,7 @@ class RetrievalCaptioner:
             raise ValueError("RetrievalCaptioner: A captions need a stage-2 model with an audio encoder (modalities at or avt)")
         self.bank = list(dict.fromkeys(t for t in bank if t and t.strip()))
         if not self.bank: raise ValueError("RetrievalCaptioner: the caption bank is empty")
-        with torch.no_grad():
-            self.bank_emb = torch.cat([F.normalize(model.text_proj(model.encode_text(self.bank[i:i + batch_size])[1]).float(), dim=-1)
-                                       for i in range(0, len(self.bank), batch_size)])                 # (K, E)
+        self.bank_emb = text_embeddings(model, self.bank, batch_size)                                # (K, E)
         self.backend = f"stage2-retrieval:{name or 'model'}"
 
     def embed(self, clip: ClipMedia):

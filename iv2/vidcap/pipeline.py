@@ -181,7 +181,7 @@ def own_caption_auc(video, text, texts: Sequence[str]) -> float | None:
     S = torch.as_tensor(video, dtype=torch.float64) @ torch.as_tensor(text, dtype=torch.float64).T      # (N videos, N captions)
     own = S.diagonal()[:, None]
     codes = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-    code = torch.tensor([codes[t] for t in texts])
+    code = torch.tensor([codes[t] for t in texts], device=S.device)
     neg = code[None, :] != code[:, None]                                   # another clip's caption, with another text
     wins = ((S < own).double() + 0.5 * (S == own).double()) * neg
     n = neg.sum(1)
@@ -214,14 +214,14 @@ def caption_labels(records: Sequence[ClipRecord], kind: str, key: str = "action"
 def caption_agreement(hyps: dict[str, str], refs: dict[str, str], labels: dict[str, str] | None = None,
                       text_labels: dict[str, str] | None = None, bank: Sequence[str] = (), seed: int = 0) -> dict:
     """Model captions `hyps` against ground-truth `refs` (both by clip id; clips in both are scored): `exact`, `word_f1`,
-    and with `labels` (clip id -> label) and `text_labels` (caption -> label) `label_acc`; with a `bank`, the same for
+    and with `labels` (clip id -> label; unlabelled clips are left out) and `text_labels` (caption -> label) `label_acc`; with a `bank`, the same for
     one caption drawn from it per clip (`chance_word_f1`, seeded) and the expected `chance_label_acc`."""
     ids = [i for i in hyps if i in refs]
     out = {"clips": len(ids)}
     if not ids: return out
     out["exact"] = float(np.mean([hyps[i] == refs[i] for i in ids]))
     out["word_f1"] = float(np.mean([word_f1(hyps[i], refs[i]) for i in ids]))
-    lab_ids = [i for i in ids if labels and i in labels]
+    lab_ids = [i for i in ids if labels and labels.get(i) is not None]
     if labels is not None and text_labels is not None and lab_ids:
         out["label_acc"] = float(np.mean([text_labels.get(hyps[i]) == labels[i] for i in lab_ids]))
     bank = list(bank)
