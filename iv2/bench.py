@@ -12,9 +12,10 @@ import torch.nn as nn
 from .encoders.vit import VisionConfig, VisionTransformer, flops_per_clip
 
 # %% auto #0
-__all__ = ['interleaved_times', 'summarize', 'time_ratio', 'tile_frames', 'bench_config', 'tokens_per_clip', 'visible_per_frame',
-           'timm_twin_kwargs', 'twin_tokens', 'expected_param_gap', 'timm_twin', 'copy_to_twin', 'tiled_to_frame_order',
-           'frame_to_tiled_order', 'train_step', 'iv2_steps', 'random_visible', 'run_benchmark', 'main']
+__all__ = ['PEAK_BF16_TFLOPS', 'interleaved_times', 'summarize', 'time_ratio', 'tile_frames', 'bench_config', 'tokens_per_clip',
+           'visible_per_frame', 'timm_twin_kwargs', 'twin_tokens', 'expected_param_gap', 'timm_twin', 'copy_to_twin',
+           'tiled_to_frame_order', 'frame_to_tiled_order', 'train_step', 'iv2_steps', 'random_visible', 'run_benchmark',
+           'main', 'peak_tflops', 'training_step_throughput', 'gpu_benchmark', 'gpu_metrics', 'gpu_table']
 
 # %% ../nbs/15_bench.ipynb #a29b4e69
 def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
@@ -214,3 +215,86 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, a.out)
     else: print(text)
     return 0
+
+# %% ../nbs/15_bench.ipynb #abf0c885
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+
+def peak_tflops(device_name: str) -> float | None:
+    "Dense bf16 tensor-core peak (TFLOP/s) of a card by its name (first matching key of `PEAK_BF16_TFLOPS`), else None."
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k.lower() in device_name.lower()), None)
+
+def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 4, steps: int = 10,
+                             warmup: int = 3, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, backend: str = "auto",
+                             mask_ratio: float = 0.0, seed: int = 0) -> dict:
+    """Time `steps` training steps (forward + backward + AdamW) of `preset` at `dtype` (autocast) with attention `backend`;
+    `mask_ratio` > 0 keeps that share of each frame's patches out (stage 1). Returns clips/s, TFLOP/s and MFU (None
+    when the device's peak is not known)."""
+    cfg = VisionConfig.preset(preset, num_frames=num_frames, img_size=img_size, drop_path=0.0, attn_backend=backend)
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    model = VisionTransformer(cfg).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.type == "cuda")
+    video = torch.randn(batch, 3, num_frames, img_size, img_size, device=dev)
+    K = visible_per_frame(cfg, mask_ratio)
+    visible = random_visible(batch, cfg.t_tokens, cfg.tokens_per_frame, K, seed).to(dev) if mask_ratio > 0 else None
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(video, visible=visible, pool=False)["tokens"].float().square().mean()
+        loss.backward(); opt.step()
+    for _ in range(warmup): step()
+    sync(); times = []
+    for _ in range(steps):
+        t0 = time.perf_counter(); step(); sync(); times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    flops = 3 * flops_per_clip(cfg, visible_per_frame=K if mask_ratio > 0 else None, with_pool=False) * batch
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    peak = peak_tflops(name) if dev.type == "cuda" else None
+    achieved = flops / med / 1e12
+    return {"preset": preset, "params": sum(p.numel() for p in model.parameters()), "device": name, "dtype": str(dtype).split(".")[-1],
+            "backend": backend, "batch": batch, "frames": num_frames, "img_size": img_size, "mask_ratio": mask_ratio,
+            "tokens_per_clip": tokens_per_clip(cfg, K if mask_ratio > 0 else None), "steps": steps, "step_s_median": med,
+            "step_times_s": times, "clips_per_s": batch / med, "flops_per_step": flops, "achieved_tflops": achieved,
+            "peak_tflops": peak, "mfu": achieved / peak if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
+
+def gpu_benchmark(preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 4, steps: int = 10, warmup: int = 3,
+                  mask_ratio: float = 0.0) -> dict:
+    "ViT `preset` bf16 training steps on the CUDA device with SDPA and (when installed) flash-attn; else 'not measured'."
+    from iv2.encoders.vit import flash_available
+    if not torch.cuda.is_available(): return {"gpu": "not measured", "reason": "no CUDA device in this process"}
+    out = {"gpu": torch.cuda.get_device_name(0), "runs": {}}
+    for backend in ("sdpa", "flash"):
+        if backend == "flash" and not flash_available():
+            out["runs"]["flash"] = "not measured: flash_attn is not installed"; continue
+        out["runs"][backend] = training_step_throughput(preset, num_frames, img_size, batch, steps, warmup, "cuda", torch.bfloat16,
+                                                        backend, mask_ratio)
+        torch.cuda.empty_cache()
+    return out
+
+def gpu_metrics(g: dict) -> dict:
+    "The report's flat GPU metrics from a `gpu_benchmark` result: clips/s and MFU per attention backend, flash over SDPA."
+    out = {}
+    for k in ("sdpa", "flash"):
+        r = g.get("runs", {}).get(k)
+        ok = isinstance(r, dict)
+        out[f"gpu_bf16_clips_per_s_{k}"] = round(r["clips_per_s"], 3) if ok else "not measured"
+        out[f"gpu_mfu_{k}"] = (round(r["mfu"], 4) if r["mfu"] is not None else "unknown peak") if ok else "not measured"
+    both = [g.get("runs", {}).get(k) for k in ("flash", "sdpa")]
+    out["gpu_flash_over_sdpa"] = round(both[0]["clips_per_s"] / both[1]["clips_per_s"], 3) if all(isinstance(r, dict) for r in both) else "not measured"
+    return out
+
+def gpu_table(g: dict) -> str:
+    "A Markdown table of a `gpu_benchmark` result (or the line saying it was not measured)."
+    runs = {k: r for k, r in g.get("runs", {}).items() if isinstance(r, dict)}
+    if not runs: return f"GPU training step: **not measured** ({g.get('reason', 'no run')})."
+    r0 = next(iter(runs.values()))
+    pct = lambda m: "—" if m is None else f"{100 * m:.1f}%"
+    rows = [f"| {k} | {r['step_s_median']:.3f} | {r['clips_per_s']:.2f} | {r['achieved_tflops']:.1f} | {pct(r['mfu'])} | {r['peak_memory_gib']:.1f} |"
+            for k, r in runs.items()]
+    skipped = [f"{k}: {v}" for k, v in g.get("runs", {}).items() if not isinstance(v, dict)]
+    return (f"GPU **{g['gpu']}**, ViT-{r0['preset']} ({r0['params']:,} parameters), {r0['dtype']}, batch {r0['batch']} x {r0['frames']} "
+            f"frames at {r0['img_size']} px\n\n| attention | median step (s) | clips / s | TFLOP/s | MFU | peak memory (GiB) |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + ("\n\n" + "; ".join(skipped) if skipped else ""))
