@@ -165,6 +165,27 @@ def stage2_run(teachers_and_stage1):
     return t, rep_s1, rep
 
 
+def test_stage3_run_reports_mvbench_accuracy_against_random_init(stage2_run):
+    "Stage 3 on the fixture's stage-2 encoder and on a random one, two steps each: the report's keys and evidence."
+    from pathlib import Path
+    t, _, rep2 = stage2_run
+    rep = run_notebook("stage3", {"num_clips": 12, "data_dir": str(t / "world"), "stage2_dir": rep2["run_dir"] + "/stage1-seed0",
+                                  "num_frames": 4, "steps": 2, "batch_size": 2, "seeds": "0,1", "eval_split": "train",
+                                  "max_eval_items": 6, "max_new_tokens": 3},
+                       runs_root=t / "runs_s3", reports_root=t / "reports_s3", progress=False)
+    m = rep["metrics"]
+    for k in ("mvbench_avg", "mvbench_avg_random_init", "mvbench_avg_strict", "chance"):
+        assert 0.0 <= m[k] <= 1.0, (k, m)
+    assert m["eval_items"] == 6 and len(m["mvbench_avg_per_seed"]) == 2 and m["tasks"] and set(m["tasks"]) == set(m["tasks_random_init"])
+    assert m["mvbench_avg"] == pytest.approx(sum(m["mvbench_avg_per_seed"]) / 2, abs=1e-4)
+    rd = Path(rep["run_dir"])
+    samples = [json.loads(l) for l in (rd / "stage2-seed0" / "mvbench_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(s["gt"].startswith("(") and "prediction" in s for s in samples)
+    assert (rd / "mvbench" / "tasks.json").exists() and (rd / "instructions.json").exists()
+    page = (t / "reports_s3" / "stage3.html").read_text()
+    assert "data:image/png;base64," in page and "not comparable at this scale" in page
+
+
 def test_stage2_run_reports_retrieval_against_random_init(stage2_run):
     from pathlib import Path
     t, rep_s1, rep = stage2_run

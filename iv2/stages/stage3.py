@@ -17,7 +17,7 @@ from ..encoders.text import MINILM, load_tokenizer
 
 # %% auto #0
 __all__ = ['LLM_TRAIN', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text', 'Stage3Model',
-           'sample_prompt', 'InstructionDataset', 'Stage3Stage', 'load_stage3_run', 'mcqa_answer_fn']
+           'sample_prompt', 'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
 
 # %% ../../nbs/34_stage3.ipynb #2f5cd957
 LLM_TRAIN = ("full", "lora", "frozen")
@@ -266,6 +266,13 @@ class Stage3Stage:
         from iv2.engine import loader_batches
         ds = InstructionDataset(self.data, self.video_root, self.cfg.num_frames, self.cfg.size, seed, self.backend)
         yield from loader_batches(ds, rank, world_size, epoch, seed, micro_batch, start, "stage3", self.num_workers)
+
+def stage3(data: str = "", video_root: str = ".", backend: str = "decord", num_workers: int = 0, preset: str | None = None,
+           **cfg_args) -> Stage3Stage:
+    "Factory for `iv2.engine.launch('iv2.stages.stage3:stage3', ...)`: `stage_args` are the data and `Stage3Config` fields."
+    if not data: raise ValueError("stage3: 'data' (a VideoChat2 instruction JSON file) is required")
+    cfg = Stage3Config.preset(preset, **cfg_args) if preset else Stage3Config.from_dict(cfg_args)
+    return Stage3Stage(cfg, data, video_root, backend, num_workers)
 
 def load_stage3_run(train_dir: str | os.PathLike, cfg: Stage3Config) -> Stage3Model:
     "The model of a stage-3 training folder (its newest checkpoint), in eval mode."
