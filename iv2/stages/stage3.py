@@ -125,8 +125,7 @@ class VideoQFormer(nn.Module):
 # %% ../../nbs/34_stage3.ipynb #02737f1f
 def prompt_text(n_video: int, system: str, user: str, prime: str = "") -> str:
     "`[INST] <Video><vid>...</Video> {system}{user} [/INST] {prime}`"
-    return f"[INST] <Video>{VIDEO_TOKEN * n_video}</Video> {system}{user} [/INST] {prime}".rstrip(" ") if not prime else \
-           f"[INST] <Video>{VIDEO_TOKEN * n_video}</Video> {system}{user} [/INST] {prime}"
+    return f"[INST] <Video>{VIDEO_TOKEN * n_video}</Video> {system}{user} [/INST]" + (f" {prime}" if prime else "")
 
 class Stage3Model(nn.Module):
     "Video encoder + QFormer + projection + LLM (see above)."
@@ -288,9 +287,10 @@ def load_stage3_run(train_dir: str | os.PathLike, cfg: Stage3Config) -> Stage3Mo
 def mcqa_answer_fn(model: Stage3Model, max_new_tokens: int = 16):
     "An `iv2.eval.mcqa.evaluate_mcqa` answer function: frames + MVBench prompt -> the model's greedy continuation."
     from iv2.data.media import video_transform
+    from iv2.eval.mcqa import QUESTION_SUFFIX
     def answer(frames, prompt: dict) -> str:
         video = video_transform(frames, model.cfg.size)[None].to(next(model.parameters()).device)
-        q = prompt["user"].removesuffix("\nOnly give the best option.")
+        q = prompt["user"].removesuffix(QUESTION_SUFFIX)
         return model.generate(video, [prompt_text(model.cfg.queries, prompt["system"], prompt["user"], prompt["prime"])], [q],
                               max_new_tokens)[0]
     return answer
