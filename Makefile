@@ -1,6 +1,6 @@
 # iv2: two commands set up a fresh machine.
 #   make test   install (if needed), check iv2/ is what nbs/ exports, run every notebook's tests and tests/
-#   make demo   install (if needed), run the main job on the embedded default (world -> teachers -> stage 1 -> stage 2 -> VidCap), render reports/
+#   make demo   install (if needed), run the main job on the embedded default (world -> teachers -> stage 1 -> stage 2 -> VidCap -> stage 3), render reports/
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
@@ -57,7 +57,7 @@ pytest: install
 
 test: check-export nbtest pytest
 
-demo: install  ## the embedded default at the tiny preset: the world, its teachers, stage 1, stage 2, VidCap -> reports/
+demo: install  ## the embedded default at the tiny preset: the world, its teachers, stage 1, stage 2, VidCap, stage 3 -> reports/
 	$(BIN)/iv2 run synth_world -p preset tiny
 	$(BIN)/iv2 run teachers -p preset tiny
 	$(BIN)/iv2 run stage1 -p preset tiny
@@ -66,6 +66,8 @@ demo: install  ## the embedded default at the tiny preset: the world, its teache
 	# VidCap: the learned shot detector trained on the world's transitions, then clips, five captions (Whisper for speech), manifest, data card
 	$(BIN)/iv2 run vidcap_shots -p steps 300
 	$(BIN)/iv2 run vidcap
+	# stage 3: a QFormer and a tiny LLM on the stage-2 encoder and on a random one, MVBench-style questions and chat (about 5 minutes)
+	$(BIN)/iv2 run stage3 -p steps 150 -p seeds 0
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(SUDO),,--allow-root)

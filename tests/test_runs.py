@@ -165,13 +165,17 @@ def stage2_run(teachers_and_stage1):
     return t, rep_s1, rep
 
 
+def _stage3_params(t, rep2, **kw) -> dict:
+    "Stage-3 parameters on the fixture's 12-clip world and stage-2 encoder: 4 frames, 2 steps, batch 2."
+    return {"num_clips": 12, "data_dir": str(t / "world"), "stage2_dir": rep2["run_dir"] + "/stage1-seed0", "num_frames": 4,
+            "steps": 2, "batch_size": 2, "eval_split": "train", "max_new_tokens": 3, **kw}
+
+
 def test_stage3_run_reports_mvbench_accuracy_against_random_init(stage2_run):
     "Stage 3 on the fixture's stage-2 encoder and on a random one, two steps each: the report's keys and evidence."
     from pathlib import Path
     t, _, rep2 = stage2_run
-    rep = run_notebook("stage3", {"num_clips": 12, "data_dir": str(t / "world"), "stage2_dir": rep2["run_dir"] + "/stage1-seed0",
-                                  "num_frames": 4, "steps": 2, "batch_size": 2, "seeds": "0,1", "eval_split": "train",
-                                  "max_eval_items": 6, "max_new_tokens": 3},
+    rep = run_notebook("stage3", _stage3_params(t, rep2, seeds="0,1", max_eval_items=6, hd_steps=1),
                        runs_root=t / "runs_s3", reports_root=t / "reports_s3", progress=False)
     m = rep["metrics"]
     for k in ("mvbench_avg", "mvbench_avg_random_init", "mvbench_avg_strict", "chance"):
@@ -184,6 +188,53 @@ def test_stage3_run_reports_mvbench_accuracy_against_random_init(stage2_run):
     assert (rd / "mvbench" / "tasks.json").exists() and (rd / "instructions.json").exists()
     page = (t / "reports_s3" / "stage3.html").read_text()
     assert "data:image/png;base64," in page and "not comparable at this scale" in page
+    # the chat section: every held-out open turn (a caption + three questions per clip) answered by both models
+    clips = {s["video"] for s in samples}
+    assert set(m["open_qa_exact"]) == {"stage2", "random_init"} and m["open_qa_turns"] >= 4 * len(clips)
+    assert "Exact match over" in page
+    # HD post-training from each stage-2 seed: 4 then 8 frames, 2 x 2 tiles + the thumbnail, scored as its own row
+    assert 0.0 <= m["mvbench_avg_hd"] <= 1.0 and "mvbench_avg_strict_hd" in m
+    for sd in (0, 1):
+        assert (rd / f"hd4-seed{sd}" / "done.json").exists() and (rd / f"hd8-seed{sd}" / "mvbench_samples.jsonl").exists()
+    assert "stage2-seed1" in (rd / "hd4-seed1" / "config.yaml").read_text()                     # HD starts from stage 3
+
+
+def test_stage3_under_the_deepspeed_launcher_on_two_processes(stage2_run):
+    "Stage 3 on the one engine under the deepspeed launcher: 2 CPU processes share the global batch; the notebook scores the result."
+    from pathlib import Path
+    from iv2.engine import deepspeed_launcher
+    if deepspeed_launcher() is None: pytest.skip("deepspeed launcher not installed")
+    t, _, rep2 = stage2_run
+    rep = run_notebook("stage3", _stage3_params(t, rep2, seeds="0", batch_size=4, max_eval_items=2, random_init_control=False,
+                                                launcher="deepspeed", nprocs=2),
+                       runs_root=t / "runs_s3ds", reports_root=t / "reports_s3ds", progress=False)
+    d = Path(rep["run_dir"]) / "stage2-seed0"
+    env = json.loads((d / "env.json").read_text())
+    assert env["world_size"] == 2 and env["global_batch"] == 4
+    assert "--num_accelerators 2" in (d / "launch.log").read_text()
+    assert rep["scale"]["launcher"].startswith("deepspeed launcher, 2") and "mvbench_avg_random_init" not in rep["metrics"]
+    assert rep["metrics"]["eval_items"] == 2
+
+
+def test_table19_grid_flips_only_the_qformer_question(stage2_run):
+    "Table 19: two stage-3 points that differ in `qformer_instruction` alone, each a full stage-3 run, and the paper beside them."
+    import yaml
+    from pathlib import Path
+    t, _, rep2 = stage2_run
+    rep = run_notebook("ablation_stage3", _stage3_params(t, rep2, seeds="0", max_eval_items=4),
+                       runs_root=t / "runs_t19", reports_root=t / "reports_t19", progress=False)
+    m = rep["metrics"]
+    assert [p["setting"] for p in m["grid"]] == ["with", "without"]
+    for p in m["grid"]:
+        assert m[f"mvbench_avg_{p['setting']}"] == p["mvbench_avg"] and p["eval_items"] == 4
+        point = next((Path(rep["run_dir"]) / "points").glob(f"qformer-{p['setting']}-*"))
+        cfg = yaml.safe_load((point / "stage2-seed0" / "config.yaml").read_text())
+        assert cfg["stage_args"]["qformer_instruction"] is p["qformer_instruction"]
+    page = (t / "reports_t19" / "ablation_stage3.html").read_text()
+    assert "Paper reference (InternVideo2, Table 19; not measured here)" in page and "60.4" in page
+    with pytest.raises(RunError) as e:
+        run_notebook("ablation_stage3", {"settings": "with|maybe"}, runs_root=t / "runs_t19b", reports_root=t / "reports_t19b", progress=False)
+    assert "parameter 'settings'" in str(e.value) and "maybe" in str(e.value)
 
 
 def test_stage2_run_reports_retrieval_against_random_init(stage2_run):

@@ -67,7 +67,7 @@ class VideoDataset(Dataset):
                  split: str | None = None, num_frames: int = 8, sampling: str = "tsn", train: bool = False,
                  size: int = 224, audio: bool = False, policy: BadInputPolicy | None = None, seed: int = 0,
                  backend: str = "decord", stride: int = 1, label_key: str = "action_id",
-                 exclude: Iterable[str] | None = None, cache_short: int = 64):
+                 exclude: Iterable[str] | None = None, cache_short: int = 64, frame_transform=None):
         if isinstance(manifest, (str, os.PathLike)):
             recs = read_manifest(manifest); root = Path(manifest).parent if root is None else root
         else: recs = list(manifest)
@@ -81,6 +81,7 @@ class VideoDataset(Dataset):
         self.policy = policy or BadInputPolicy()
         self.seed, self.backend, self.stride, self.label_key, self.epoch = seed, backend, stride, label_key, 0
         self.cache_short = cache_short                                                # `cache` backend: stored short side
+        self.frame_transform = frame_transform        # (T,H,W,3) uint8 -> tensor; None: `video_transform` at `size`
         self.visited, self.skipped_count, self.reasons = 0, 0, Counter()       # this process only
 
     def __len__(self) -> int: return len(self.records)
@@ -93,7 +94,8 @@ class VideoDataset(Dataset):
         short = "repeat" if self.policy.short_clip == "repeat" else "raise"
         frames, idx = read_video(path, self.num_frames, self.sampling, self.train, rng, r.start, r.end,
                                  self.stride, self.backend, short, self.cache_short)                    # (T,H,W,3) uint8
-        video = video_transform(frames, self.size, self.train, rng)                   # (C,T,size,size)
+        video = (self.frame_transform(frames) if self.frame_transform is not None
+                 else video_transform(frames, self.size, self.train, rng))           # (C,T,size,size)
         out = dict(video=video, frame_indices=torch.as_tensor(idx, dtype=torch.long), id=r.id, index=j,
                    label=int(r.labels.get(self.label_key, -1)), captions=dict(r.captions))
         if self.audio:
@@ -133,7 +135,11 @@ def collate(batch: list[dict]) -> dict:
     for k in batch[0]:
         vals = [b[k] for b in batch]
         if k == "skipped": out[k] = [s for v in vals for s in v]
-        elif isinstance(vals[0], torch.Tensor): out[k] = torch.stack(vals)
+        elif isinstance(vals[0], torch.Tensor):
+            if len({tuple(v.shape) for v in vals}) > 1:
+                raise ValueError(f"collate: {k!r} has different shapes in one batch {[tuple(v.shape) for v in vals]} "
+                                 f"(items {[b.get('id') for b in batch]}); give them one shape or use batch size 1")
+            out[k] = torch.stack(vals)
         elif isinstance(vals[0], bool): out[k] = torch.tensor(vals, dtype=torch.bool)
         elif isinstance(vals[0], int): out[k] = torch.tensor(vals, dtype=torch.long)
         else: out[k] = vals

@@ -88,7 +88,7 @@ def t_scene_transition(s, rng):
     h = [_hue_name(sh["background"]["hue"]) for sh in s["shots"][:2]]
     if h[0] == h[1]: return None
     ans = f"from a {h[0]} background to a {h[1]} one"
-    others = [x for x in ("red", "orange", "olive", "green", "teal", "blue", "purple", "plum") if x not in h]
+    others = [x for x in (_hue_name(k / 8) for k in range(8)) if x not in h]       # the eight hue names
     pool = [f"from a {a} background to a {b} one" for a in h + others for b in h + others if a != b]
     return ("How does the scene change between the first two shots?", _options(rng, ans, pool, must=[f"from a {h[1]} background to a {h[0]} one"]), ans)
 
@@ -120,6 +120,12 @@ QA_TASKS: dict[str, Callable] = {
     "Action Antonym": t_action_antonym}
 
 # %% ../../nbs/05_synth_qa.ipynb #379a6d60
+def _scripted(records: Sequence[ClipRecord], split: str | None):
+    "`(record, script)` of the `split` records (all when None) that carry a synthetic-world script."
+    for r in records:
+        s = (r.meta or {}).get("script")
+        if s is not None and (split is None or r.split == split): yield r, s
+
 def synth_mc_items(records: Sequence[ClipRecord], split: str | None = "test", tasks: Sequence[str] | None = None,
                    root: str | os.PathLike = ".", seed: int = 0) -> list[MCItem]:
     "Multiple-choice items of `tasks` (default: all of `QA_TASKS`) for the `split` records with a synthetic-world script."
@@ -127,9 +133,7 @@ def synth_mc_items(records: Sequence[ClipRecord], split: str | None = "test", ta
     bad = [t for t in names if t not in QA_TASKS]
     if bad: raise ValueError(f"tasks: unknown {bad}; known: {list(QA_TASKS)}")
     items = []
-    for r in records:
-        s = (r.meta or {}).get("script")
-        if s is None or (split is not None and r.split != split): continue
+    for r, s in _scripted(records, split):
         for t in names:
             got = QA_TASKS[t](s, rng_for(seed, s["index"], "qa", t))
             if got is None: continue
@@ -162,9 +166,7 @@ def instruction_data(records: Sequence[ClipRecord], split: str | None = "train",
     items: dict[str, list[MCItem]] = {}
     for it in synth_mc_items(records, split, root=root, seed=seed): items.setdefault(it.meta["clip"], []).append(it)
     out = []
-    for r in records:
-        s = (r.meta or {}).get("script")
-        if s is None or (split is not None and r.split != split): continue
+    for r, s in _scripted(records, split):
         qa = []
         cap = r.caption(caption_kind)
         if cap: qa.append({"i": "Describe the video briefly.", "q": "", "a": cap})

@@ -144,7 +144,7 @@ def load_mvbench(json_dir: str | os.PathLike, video_root: str | os.PathLike, tas
 # %% ../../nbs/43_eval_mcqa.ipynb #5faca476
 FRAME_FOLDER_FPS = 3.0
 
-def item_frames(item: MCItem, n: int = 16, backend: str = "decord") -> np.ndarray:
+def item_frames(item: MCItem, n: int = 16, backend: str = "decord", cache_short: int = 64) -> np.ndarray:
     "The item's `n` frames, uint8 (n, H, W, 3), picked by `mvbench_frame_indices`."
     from iv2.data.media import open_video
     if item.media == "frame":
@@ -154,7 +154,7 @@ def item_frames(item: MCItem, n: int = 16, backend: str = "decord") -> np.ndarra
         files = sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         idx = mvbench_frame_indices(len(files), FRAME_FOLDER_FPS, n, item.bound, first_idx=1)
         return np.stack([np.asarray(Image.open(d / f"{i:05d}.jpg").convert("RGB")) for i in idx])
-    with open_video(item.video, backend) as r:
+    with open_video(item.video, backend, cache_short) as r:
         return r.get(mvbench_frame_indices(r.num_frames - 1, r.fps, n, item.bound))
 
 # %% ../../nbs/43_eval_mcqa.ipynb #678c87c2
@@ -179,10 +179,10 @@ def score_mcqa(items: Sequence[MCItem], generations: Sequence[str]) -> dict:
     return out
 
 def evaluate_mcqa(items: Sequence[MCItem], answer_fn: Callable[[np.ndarray, dict], str], num_frames: int = 16,
-                  backend: str = "decord", progress: bool = False) -> tuple[dict, list[str]]:
-    "Generations of `answer_fn(frames, mc_prompt(...))` for every item, and their `score_mcqa`."
+                  backend: str = "decord", progress: bool = False, cache_short: int = 64) -> tuple[dict, list[str]]:
+    "Generations of `answer_fn(frames, mc_prompt(...))` for every item, and their `score_mcqa` (`cache_short`: the cache backend's frame size)."
     from tqdm.auto import tqdm
-    gens = [answer_fn(item_frames(it, num_frames, backend), mc_prompt(it.question, it.candidates))
+    gens = [answer_fn(item_frames(it, num_frames, backend, cache_short), mc_prompt(it.question, it.candidates))
             for it in tqdm(items, desc="MCQA", disable=not progress)]
     return score_mcqa(items, gens), gens
 

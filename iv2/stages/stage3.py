@@ -12,12 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..config import Config, ConfigError
-from ..encoders.vit import VisionConfig, VisionTransformer
+from ..encoders.vit import VisionConfig, VisionTransformer, interpolate_pos_embed
 from ..encoders.text import MINILM, load_tokenizer
+from ..data.media import IMAGENET_MEAN, IMAGENET_STD, normalize, resize, to_tensor
 
 # %% auto #0
 __all__ = ['LLM_TRAIN', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text', 'Stage3Model',
-           'sample_prompt', 'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
+           'hd_grid', 'hd_transform', 'stage3_state_dict', 'sample_prompt', 'conversation', 'InstructionDataset',
+           'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
 
 # %% ../../nbs/34_stage3.ipynb #2f5cd957
 LLM_TRAIN = ("full", "lora", "frozen")
@@ -50,12 +52,18 @@ class Stage3Config(Config):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
-    max_text_len: int = 96
+    max_text_len: int = 512              # text tokens per sample (prompts + answers of all its turns)
+    max_turns: int = 0                   # QA turns per training conversation (0: all of the record's, shuffled)
+    hd_max_tiles: int = 0                # HD: tiles of `size` px per frame at the closest aspect ratio (+ a thumbnail); 0: off
+    init_from: str = ""                  # a stage-3 training folder to start from (HD post-training); "" -> none
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "tiny": {},
+        "tiny_hd": dict(hd_max_tiles=6, vision_train=True, llm_train="lora"),   # post-training: encoder + QFormer + LoRA
         "paper": dict(vision="1B", num_frames=8, size=224, qformer_width=768, qformer_layers=12, qformer_heads=12,
-                      num_queries=32, extra_queries=64, llm="", llm_train="lora", max_text_len=512),
+                      num_queries=32, extra_queries=64, llm="", llm_train="lora"),
+        "paper_hd": dict(vision="1B", num_frames=16, size=224, qformer_width=768, qformer_layers=12, qformer_heads=12,
+                         num_queries=32, extra_queries=64, llm="", llm_train="lora", hd_max_tiles=6, vision_train=True),
     }
 
     @property
@@ -63,6 +71,8 @@ class Stage3Config(Config):
 
     def validate(self):
         if self.llm_train not in LLM_TRAIN: raise ConfigError(f"Stage3Config.llm_train: expected one of {LLM_TRAIN}, got {self.llm_train!r}")
+        if self.hd_max_tiles < 0: raise ConfigError(f"Stage3Config.hd_max_tiles: must be >= 0, got {self.hd_max_tiles}")
+        if self.max_turns < 0: raise ConfigError(f"Stage3Config.max_turns: must be >= 0, got {self.max_turns}")
         if self.num_queries + self.extra_queries < 1: raise ConfigError("Stage3Config: need at least one query token")
         if self.qformer_width % self.qformer_heads: raise ConfigError("Stage3Config.qformer_width must be a multiple of qformer_heads")
         return self
@@ -77,7 +87,7 @@ def build_llm(cfg: Stage3Config):
         tok.add_special_tokens({"additional_special_tokens": list(CHAT_TOKENS)})
         mc = MistralConfig(vocab_size=len(tok), hidden_size=cfg.llm_width, intermediate_size=4 * cfg.llm_width,
                            num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_heads, num_key_value_heads=cfg.llm_heads,
-                           max_position_embeddings=512, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
+                           max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
                            eos_token_id=tok.sep_token_id, tie_word_embeddings=True)
         torch.manual_seed(0)
         llm = MistralForCausalLM(mc)
@@ -124,8 +134,9 @@ class VideoQFormer(nn.Module):
 
 # %% ../../nbs/34_stage3.ipynb #02737f1f
 def prompt_text(n_video: int, system: str, user: str, prime: str = "") -> str:
-    "`[INST] <Video><vid>...</Video> {system}{user} [/INST] {prime}`"
-    return f"[INST] <Video>{VIDEO_TOKEN * n_video}</Video> {system}{user} [/INST]" + (f" {prime}" if prime else "")
+    "`[INST] <Video><vid>...</Video> {system}{user} [/INST] {prime}`; with `n_video=0` (a later turn) no video block."
+    video = f"<Video>{VIDEO_TOKEN * n_video}</Video> " if n_video else ""
+    return f"[INST] {video}{system}{user} [/INST]" + (f" {prime}" if prime else "")
 
 class Stage3Model(nn.Module):
     "Video encoder + QFormer + projection + LLM (see above)."
@@ -145,6 +156,13 @@ class Stage3Model(nn.Module):
         self.qformer = VideoQFormer(cfg, C)
         llm, self.tokenizer = build_llm(cfg)
         self.llm_proj = nn.Linear(cfg.qformer_width, llm.config.hidden_size)
+        self.llm = llm
+        if cfg.init_from:                                                           # before LoRA wraps the LLM
+            sd = stage3_state_dict(cfg.init_from, cfg.lora_alpha)   # a LoRA run: merged, with this alpha
+            pe, n = sd["vision_encoder.pos_embed"], vc.tokens_per_frame
+            if pe.shape[1] != 1 + vc.num_patches:                                   # 8 -> 16 frames: resample in time
+                sd["vision_encoder.pos_embed"] = interpolate_pos_embed(pe, (pe.shape[1] - 1) // n, vc.t_tokens, vc.grid, vc.grid)
+            self.load_state_dict(sd)
         if cfg.llm_train == "lora":
             from peft import LoraConfig, get_peft_model
             llm = get_peft_model(llm, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -154,25 +172,43 @@ class Stage3Model(nn.Module):
         self.video_token_id = self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
 
     def encode_video(self, video: torch.Tensor, instructions: Sequence[str] | None = None) -> torch.Tensor:
-        "(B, 3, T, H, W) -> (B, Q, LLM width): the video tokens the LLM reads."
+        """(B, 3, T, H, W) -> (B, Q, LLM width): the video tokens the LLM reads. HD: (B, K, 3, T, h, w) tile-videos
+        (`hd_transform`) go through encoder and QFormer one by one and their tokens are concatenated: (B, K*Q, width)."""
+        B, K = video.shape[0], (video.shape[1] if video.dim() == 6 else 1)
+        if video.dim() == 6:
+            video = video.flatten(0, 1)                                             # (B*K, 3, T, h, w)
+            instructions = [s for s in instructions for _ in range(K)] if instructions is not None else None
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.vision_train):
             tok = self.vision_encoder(video, return_layers=(self.cfg.vision_layer,), pool=False)["layers"][0]
-        return self.llm_proj(self.qformer(self.ln_vision(tok), instructions))
+        q = self.llm_proj(self.qformer(self.ln_vision(tok), instructions))             # (B*K, Q, width)
+        return q.reshape(B, K * q.shape[1], q.shape[2])
 
-    def embed_inputs(self, video_embeds: torch.Tensor, prompts: Sequence[str], answers: Sequence[str] | None = None):
-        "Right-padded `inputs_embeds`, `attention_mask`, `labels` (-100 except on answer tokens and the closing eos)."
-        tok, dev = self.tokenizer, video_embeds.device
+    def video_tokens(self, frames_shape: tuple[int, int] | None = None) -> int:
+        "How many video placeholders a prompt needs: Q, or (tiles + 1) * Q in HD for frames of (H, W)."
+        if not self.cfg.hd_max_tiles: return self.cfg.queries
+        if frames_shape is None: raise ValueError("video_tokens: HD needs the frames' (height, width)")
+        c, r = hd_grid(frames_shape[1], frames_shape[0], self.cfg.hd_max_tiles, self.cfg.size)
+        return (c * r + (c * r > 1)) * self.cfg.queries
+
+    def embed_inputs(self, video_embeds: torch.Tensor, prompts: Sequence, answers: Sequence[str] | None = None):
+        """Right-padded `inputs_embeds`, `attention_mask`, `labels` (-100 except on answer tokens and each answer's eos).
+        `prompts[i]` is a prompt (answered by `answers[i]`, or by nothing when generating), or a whole conversation: a
+        list of `(prompt, answer)` turns. Turns past `max_text_len` text tokens are dropped whole (the first is cut)."""
+        tok, dev, Q = self.tokenizer, video_embeds.device, video_embeds.shape[1]
+        budget = self.cfg.max_text_len + Q
         rows, labels = [], []
         for i, p in enumerate(prompts):
-            ids = tok(p, add_special_tokens=False)["input_ids"]
-            lab = [-100] * len(ids)
-            if answers is not None:
-                a = tok(answers[i], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                ids, lab = ids + a, lab + a
+            turns = [(p, answers[i] if answers is not None else None)] if isinstance(p, str) else list(p)
+            ids, lab = [], []
+            for k, (q, a) in enumerate(turns):
+                tq = tok(q, add_special_tokens=False)["input_ids"]
+                ta = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] if a is not None else []
+                if k and len(ids) + len(tq) + len(ta) > budget: break
+                ids, lab = ids + tq + ta, lab + [-100] * len(tq) + ta
             n_vid = sum(t == self.video_token_id for t in ids)
-            if n_vid != video_embeds.shape[1]:
-                raise ValueError(f"prompt {i} holds {n_vid} video placeholders, the model makes {video_embeds.shape[1]} video tokens")
-            rows.append(ids[:self.cfg.max_text_len + n_vid]); labels.append(lab[:self.cfg.max_text_len + n_vid])
+            if n_vid != Q:
+                raise ValueError(f"prompt {i} holds {n_vid} video placeholders, the model makes {Q} video tokens")
+            rows.append(ids[:budget]); labels.append(lab[:budget])
         L = max(map(len, rows))
         ids = torch.full((len(rows), L), tok.pad_token_id, dtype=torch.long, device=dev)
         lab = torch.full((len(rows), L), -100, dtype=torch.long, device=dev)
@@ -184,12 +220,14 @@ class Stage3Model(nn.Module):
         emb = emb.masked_scatter(is_vid[..., None], video_embeds.to(emb.dtype).reshape(-1, emb.shape[-1])[:int(is_vid.sum())])
         return emb, mask, lab
 
-    def forward(self, video: torch.Tensor, prompts: Sequence[str], answers: Sequence[str], instructions: Sequence[str] | None = None) -> torch.Tensor:
-        "Next-token loss on the answers."
+    def forward(self, video: torch.Tensor, prompts: Sequence, answers: Sequence[str] | None = None,
+                instructions: Sequence[str] | None = None) -> torch.Tensor:
+        "Next-token loss on the answers (`prompts` + `answers`, or conversations: see `embed_inputs`)."
         ve = self.encode_video(video, instructions)
         emb, mask, lab = self.embed_inputs(ve, prompts, answers)
-        logits = self.llm(inputs_embeds=emb, attention_mask=mask).logits
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+        keep = (lab[:, 1:] != -100).any(0).nonzero()[:, 0]            # positions that predict an answer token (in any row)
+        logits = self.llm(inputs_embeds=emb, attention_mask=mask, logits_to_keep=keep).logits    # (B, len(keep), vocab) only
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), lab[:, 1:][:, keep].reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
     def generate(self, video: torch.Tensor, prompts: Sequence[str], instructions: Sequence[str] | None = None,
@@ -204,6 +242,54 @@ class Stage3Model(nn.Module):
             outs.append(self.tokenizer.decode(gen[0], skip_special_tokens=True).strip())
         return outs
 
+# %% ../../nbs/34_stage3.ipynb #042361f3
+def hd_grid(width: int, height: int, max_tiles: int = 6, tile: int = 224) -> tuple[int, int]:
+    "(columns, rows) of the tile grid for a `width x height` frame: the closest aspect ratio with <= `max_tiles` tiles."
+    if max_tiles < 1: raise ValueError(f"hd_grid: max_tiles must be >= 1, got {max_tiles}")
+    grids = sorted({(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if c * r <= max_tiles},
+                   key=lambda g: (g[0] * g[1], g))
+    aspect, best, best_diff = width / height, (1, 1), float("inf")
+    for c, r in grids:
+        diff = abs(aspect - c / r)
+        if diff < best_diff - 1e-12: best, best_diff = (c, r), diff
+        elif abs(diff - best_diff) <= 1e-12 and width * height > 0.5 * tile * tile * c * r: best = (c, r)
+    return best
+
+def hd_transform(frames, tile: int = 224, max_tiles: int = 6, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    "uint8 (T,H,W,3) -> normalised (K, 3, T, tile, tile): the grid's tiles row by row, then the thumbnail (if K > 1)."
+    x = to_tensor(frames)                                                       # (3, T, H, W) in [0, 1]
+    H, W = x.shape[-2:]
+    c, r = hd_grid(W, H, max_tiles, tile)
+    big = resize(x, r * tile, c * tile)
+    tiles = [big[..., i * tile:(i + 1) * tile, j * tile:(j + 1) * tile] for i in range(r) for j in range(c)]
+    if len(tiles) > 1: tiles.append(resize(x, tile, tile))                      # the global thumbnail
+    return torch.stack([normalize(t, mean, std) for t in tiles]).contiguous()
+
+def stage3_state_dict(train_dir: str | os.PathLike, lora_alpha: float | None = None, merge_lora: bool = True) -> dict[str, torch.Tensor]:
+    """The model weights of a stage-3 training folder's newest checkpoint. A LoRA run's adapters are merged into plain
+    LLM weights, `W + (alpha / r) B A` (r from the adapters' shape; alpha: `lora_alpha`, else the run's config.yaml
+    `stage_args`), unless `merge_lora=False`."""
+    import yaml
+    from iv2.engine import latest_checkpoint
+    from iv2.checkpoints import load_checkpoint
+    ck = latest_checkpoint(train_dir)
+    if ck is None: raise FileNotFoundError(f"{train_dir}: has no checkpoint under ckpt/ (a stage-3 training folder?)")
+    sd = load_checkpoint(ck / "model.safetensors")[0]
+    if not merge_lora or not any(".lora_A." in k for k in sd): return sd
+    if lora_alpha is None:
+        args = yaml.safe_load((Path(train_dir) / "config.yaml").read_text()).get("stage_args") or {}
+        if args.get("llm_train") != "lora":
+            raise ValueError(f"{train_dir}: its checkpoint holds LoRA adapters and its config.yaml does not say their alpha; pass lora_alpha")
+        lora_alpha = float(args.get("lora_alpha", Stage3Config.lora_alpha))
+    out = {}
+    for k, v in sd.items():
+        if ".lora_" in k: continue
+        if ".base_layer." in k:
+            a, b = sd[k.replace(".base_layer.", ".lora_A.default.")], sd[k.replace(".base_layer.", ".lora_B.default.")]   # (r, in), (out, r)
+            v = v + (lora_alpha / a.shape[0]) * (b.float() @ a.float()).to(v.dtype)
+        out[k.replace("base_model.model.", "").replace(".base_layer.", ".")] = v
+    return out
+
 # %% ../../nbs/34_stage3.ipynb #c0f2280a
 def sample_prompt(qa: dict, n_video: int) -> tuple[str, str, str]:
     "`(prompt, target answer, QFormer text)` of one instruction turn `{i, q, a}`."
@@ -214,11 +300,16 @@ def sample_prompt(qa: dict, n_video: int) -> tuple[str, str, str]:
         return prompt_text(n_video, MVBENCH_SYSTEM, q + QUESTION_SUFFIX, ANSWER_PRIME), target, q
     return prompt_text(n_video, (i + "\n") if i and q else "", q or i), a, q or i
 
+def conversation(turns: Sequence[dict], n_video: int) -> tuple[list[tuple[str, str]], str]:
+    "VideoChat2's training sample: `([(prompt, target), ...], QFormer text)`; the video block sits in the first turn only."
+    made = [sample_prompt(qa, n_video if k == 0 else 0) for k, qa in enumerate(turns)]
+    return [(p, t) for p, t, _ in made], made[0][2]
+
 class InstructionDataset(torch.utils.data.Dataset):
-    "Clips of VideoChat2 instruction records with one QA turn each (drawn per epoch); frames via `VideoDataset`."
+    "Clips of VideoChat2 instruction records with their QA turns in a new order each epoch; frames via `VideoDataset`."
     def __init__(self, data, video_root: str | os.PathLike = ".", num_frames: int = 8, size: int = 224, seed: int = 0,
-                 backend: str = "decord", cache_short: int = 64):
-        import json
+                 backend: str = "decord", cache_short: int = 64, max_turns: int = 0, hd_max_tiles: int = 0):
+        import functools, json
         from iv2.data.datasets import VideoDataset
         from iv2.data.manifest import ClipRecord
         where = str(data) if isinstance(data, (str, os.PathLike)) else "instruction data"
@@ -230,10 +321,12 @@ class InstructionDataset(torch.utils.data.Dataset):
                 if not isinstance(qa, dict) or not isinstance(qa.get("a"), str) or not qa["a"]:
                     raise ValueError(f"{where} item {k} QA {t}: needs an answer 'a' (text)")
         self.qa = [it["QA"] for it in items]
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.max_turns = seed, 0, max_turns
         recs = [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end")) for k, it in enumerate(items)]
+        hd = functools.partial(hd_transform, tile=size, max_tiles=hd_max_tiles) if hd_max_tiles else None   # (K,3,T,size,size)
         self.videos = VideoDataset(recs, root=video_root, num_frames=num_frames, sampling="uniform", train=False, size=size,
-                                   seed=seed, backend=backend, cache_short=cache_short)
+                                   seed=seed, backend=backend, cache_short=max(cache_short, 2 * size) if hd else cache_short,
+                                   frame_transform=hd)
 
     def __len__(self) -> int: return len(self.qa)
     def set_epoch(self, epoch: int): self.epoch = int(epoch); self.videos.set_epoch(epoch)
@@ -241,9 +334,9 @@ class InstructionDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         from iv2.config import rng_for
         v = self.videos[i]; j = v["index"]                  # the policy may have moved on to another clip
-        turns = self.qa[j]
-        qa = turns[int(rng_for(self.seed, self.epoch, j, "qa").integers(len(turns)))]
-        return {"video": v["video"], "id": v["id"], "qa": dict(qa), "skipped": v["skipped"]}
+        order = rng_for(self.seed, self.epoch, j, "qa").permutation(len(self.qa[j]))   # VideoChat2 shuffles the QA order
+        turns = [dict(self.qa[j][k]) for k in order[:self.max_turns or None]]
+        return {"video": v["video"], "id": v["id"], "turns": turns, "skipped": v["skipped"]}
 
 class Stage3Stage:
     "Stage 3 for `iv2.engine.train`: `Stage3Model`, its trainable parameters, the answer loss, instruction batches."
@@ -258,12 +351,14 @@ class Stage3Stage:
 
     def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         m = model.module if hasattr(model, "module") else model
-        ps = [sample_prompt(qa, m.cfg.queries) for qa in batch["qa"]]
-        return {"loss": model(batch["video"], [p for p, _, _ in ps], [a for _, a, _ in ps], [t for _, _, t in ps])}
+        v = batch["video"]
+        convs = [conversation(t, m.cfg.queries * (v.shape[1] if v.dim() == 6 else 1)) for t in batch["turns"]]
+        return {"loss": model(batch["video"], [c for c, _ in convs], None, [q for _, q in convs])}
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0):
         from iv2.engine import loader_batches
-        ds = InstructionDataset(self.data, self.video_root, self.cfg.num_frames, self.cfg.size, seed, self.backend)
+        ds = InstructionDataset(self.data, self.video_root, self.cfg.num_frames, self.cfg.size, seed, self.backend,
+                                max_turns=self.cfg.max_turns, hd_max_tiles=self.cfg.hd_max_tiles)
         yield from loader_batches(ds, rank, world_size, epoch, seed, micro_batch, start, "stage3", self.num_workers)
 
 def stage3(data: str = "", video_root: str = ".", backend: str = "decord", num_workers: int = 0, preset: str | None = None,
@@ -275,22 +370,19 @@ def stage3(data: str = "", video_root: str = ".", backend: str = "decord", num_w
 
 def load_stage3_run(train_dir: str | os.PathLike, cfg: Stage3Config) -> Stage3Model:
     "The model of a stage-3 training folder (its newest checkpoint), in eval mode."
-    from iv2.engine import latest_checkpoint
-    from iv2.checkpoints import load_checkpoint
-    ck = latest_checkpoint(train_dir)
-    if ck is None: raise FileNotFoundError(f"{train_dir}: has no checkpoint under ckpt/")
-    model = Stage3Model(cfg.override(vision_init=""))
-    sd, _ = load_checkpoint(ck / "model.safetensors")
-    model.load_state_dict(sd)
+    model = Stage3Model(cfg.override(vision_init="", init_from=""))
+    model.load_state_dict(stage3_state_dict(train_dir, merge_lora=False))
     return model.eval()
 
 def mcqa_answer_fn(model: Stage3Model, max_new_tokens: int = 16):
     "An `iv2.eval.mcqa.evaluate_mcqa` answer function: frames + MVBench prompt -> the model's greedy continuation."
     from iv2.data.media import video_transform
     from iv2.eval.mcqa import QUESTION_SUFFIX
+    c = model.cfg
     def answer(frames, prompt: dict) -> str:
-        video = video_transform(frames, model.cfg.size)[None].to(next(model.parameters()).device)
+        v = hd_transform(frames, c.size, c.hd_max_tiles) if c.hd_max_tiles else video_transform(frames, c.size)
+        video = v[None].to(next(model.parameters()).device)
         q = prompt["user"].removesuffix(QUESTION_SUFFIX)
-        return model.generate(video, [prompt_text(model.cfg.queries, prompt["system"], prompt["user"], prompt["prime"])], [q],
-                              max_new_tokens)[0]
+        n = c.queries * (v.shape[0] if c.hd_max_tiles else 1)
+        return model.generate(video, [prompt_text(n, prompt["system"], prompt["user"], prompt["prime"])], [q], max_new_tokens)[0]
     return answer

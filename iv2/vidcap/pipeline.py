@@ -21,8 +21,9 @@ logger = logging.getLogger("iv2.vidcap.pipeline")
 # %% auto #0
 __all__ = ['logger', 'UNIMODAL', 'DEFAULT_SPECS', 'FUSION_INPUTS', 'FUNCTION_WORDS', 'BIAS_TERMS', 'check_specs', 'caption_bank',
            'build_captioners', 'caption_clip', 'caption_clips', 'read_captions', 'vidcap_manifest',
-           'filter_top_fraction', 'stage2_embeddings', 'stage2_similarity', 'own_caption_auc', 'content_words',
-           'word_f1', 'caption_labels', 'caption_agreement', 'keyword_stats', 'manifest_stats', 'write_data_card']
+           'filter_top_fraction', 'stage2_embeddings', 'embedding_scores', 'stage2_similarity', 'own_caption_auc',
+           'content_words', 'word_f1', 'caption_labels', 'caption_agreement', 'keyword_stats', 'manifest_stats',
+           'write_data_card']
 
 # %% ../../nbs/53_vidcap_pipeline.ipynb #4e057d41
 UNIMODAL = ("V", "A", "S")
@@ -168,11 +169,13 @@ def stage2_embeddings(model, manifest: str | os.PathLike, kind: str = "V", batch
     vs = sorted(first); js = [first[v] for v in vs]
     return {"ids": [f["ids"][v] for v in vs], "texts": [f["texts"][j] for j in js], "video": f["video"][vs].float(), "text": f["text"][js].float()}
 
+def embedding_scores(e: dict) -> dict[str, float]:
+    "Per clip id: the cosine of its video and caption embeddings in a `stage2_embeddings` result."
+    return dict(zip(e["ids"], (e["video"] * e["text"]).sum(-1).tolist())) if e["ids"] else {}
+
 def stage2_similarity(model, manifest: str | os.PathLike, kind: str = "V", batch_size: int = 16, progress: bool = False) -> dict[str, float]:
     "Per clip: cosine of its video embedding and its (first) `kind` caption's text embedding under a `Stage2Model`."
-    e = stage2_embeddings(model, manifest, kind, batch_size, progress)
-    if not e["ids"]: return {}
-    return dict(zip(e["ids"], (e["video"] * e["text"]).sum(-1).tolist()))
+    return embedding_scores(stage2_embeddings(model, manifest, kind, batch_size, progress))
 
 def own_caption_auc(video, text, texts: Sequence[str]) -> float | None:
     """P(a clip's own caption scores above another clip's caption of a different text), averaged over clips; ties count
@@ -214,12 +217,16 @@ def caption_labels(records: Sequence[ClipRecord], kind: str, key: str = "action"
 def caption_agreement(hyps: dict[str, str], refs: dict[str, str], labels: dict[str, str] | None = None,
                       text_labels: dict[str, str] | None = None, bank: Sequence[str] = (), seed: int = 0) -> dict:
     """Model captions `hyps` against ground-truth `refs` (both by clip id; clips in both are scored): `exact`, `word_f1`,
+    `distinct` captions and the `top_share` of the commonest (`_ref`: the same of the references),
     and with `labels` (clip id -> label; unlabelled clips are left out) and `text_labels` (caption -> label) `label_acc`; with a `bank`, the same for
     one caption drawn from it per clip (`chance_word_f1`, seeded) and the expected `chance_label_acc`."""
     ids = [i for i in hyps if i in refs]
     out = {"clips": len(ids)}
     if not ids: return out
     out["exact"] = float(np.mean([hyps[i] == refs[i] for i in ids]))
+    for key, src in (("", hyps), ("_ref", refs)):                   # how varied the captions are: retrieval can collapse
+        top = Counter(src[i] for i in ids).most_common()
+        out[f"distinct{key}"], out[f"top_share{key}"] = len(top), top[0][1] / len(ids)
     out["word_f1"] = float(np.mean([word_f1(hyps[i], refs[i]) for i in ids]))
     lab_ids = [i for i in ids if labels and labels.get(i) is not None]
     if labels is not None and text_labels is not None and lab_ids:
