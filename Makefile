@@ -1,6 +1,8 @@
 # iv2: two commands set up a fresh machine.
 #   make test   install (if needed), check iv2/ is what nbs/ exports, run every notebook's tests and tests/
 #   make demo   install (if needed), run the main job on the embedded default (world -> teachers -> stage 1 -> stage 2 -> VidCap -> stage 3), render reports/
+#   make reproduce PRESET=tiny|small   every run notebook (stages, evaluations, ablations) on that world, then reports/
+#   make reports  re-render reports/ from the newest finished run of each report under runs/ (nothing is re-run)
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
@@ -15,12 +17,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # DeepSpeed JIT-compiles its C++ ops once per machine; keep them in the project's ignored cache
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install system-deps test export check-export nbtest pytest demo lab clean-nbs
+.PHONY: install system-deps test export check-export nbtest pytest demo reproduce reports lab clean-nbs
 
 install: $(STAMP)
 
 $(STAMP): settings.ini setup.py
-	command -v espeak-ng >/dev/null && [ -d /usr/share/pocketsphinx/test/data/librivox ] || $(MAKE) system-deps
+	command -v espeak-ng >/dev/null && command -v chromium >/dev/null && [ -d /usr/share/pocketsphinx/test/data/librivox ] || $(MAKE) system-deps
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build on local disk (never let a dependency pull a CUDA build).
@@ -32,9 +34,9 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (iv2)" >/dev/null
 	touch $@
 
-system-deps:  ## Debian packages: espeak-ng (real synthesized speech for the synthetic world), pocketsphinx-testdata (real speech with transcripts: VidCap's WER)
+system-deps:  ## Debian packages: espeak-ng (real synthesized speech for the synthetic world), pocketsphinx-testdata (real speech with transcripts: VidCap's WER), chromium (the reports' browser test)
 	$(SUDO) apt-get update -qq
-	$(SUDO) apt-get install -y -qq espeak-ng pocketsphinx-testdata >/dev/null
+	$(SUDO) apt-get install -y -qq espeak-ng pocketsphinx-testdata chromium >/dev/null
 
 export: install
 	$(BIN)/nbdev_export
@@ -68,6 +70,46 @@ demo: install  ## the embedded default at the tiny preset: the world, its teache
 	$(BIN)/iv2 run vidcap
 	# stage 3: a QFormer and a tiny LLM on the stage-2 encoder and on a random one, MVBench-style questions and chat (about 5 minutes)
 	$(BIN)/iv2 run stage3 -p steps 150 -p seeds 0
+
+# ---- reproduce: every run notebook on one world preset, through papermill, then reports/ ----
+# PRESET=tiny: the 300-clip world, 2 seeds for the stages, 1 seed and fewer steps for the ablation grids;
+# PRESET=small: the 3000-clip world, every notebook at its defaults (2 seeds). Models stay at the tiny preset on CPU.
+PRESET ?= tiny
+ifeq ($(PRESET),tiny)
+  S2_STEPS := 100
+  S3_ARGS  := -p steps 150
+  ABL_ARGS := -p steps 100 -p seeds 0
+else ifeq ($(PRESET),small)
+  S2_STEPS := 300
+  S3_ARGS  := -p steps 400
+  ABL_ARGS :=
+else
+  $(error PRESET must be tiny or small, got '$(PRESET)')
+endif
+W := -p world_preset $(PRESET)
+
+reproduce: install  ## PRESET=tiny|small: world -> teachers -> stage 1 -> stage 2 -> stage 3 -> evaluations -> VidCap -> ablations -> reports/
+	$(BIN)/iv2 run synth_world -p preset $(PRESET)
+	$(BIN)/iv2 run teachers -p preset $(PRESET)
+	$(BIN)/iv2 run stage1 $(W)
+	$(BIN)/iv2 run stage2 $(W) -p steps $(S2_STEPS)
+	$(BIN)/iv2 run stage2 $(W) -p preset tiny_av -p modalities vt,at -p seeds 0 -p random_init_control False -p steps $(S2_STEPS) --run-name stage2_av
+	$(BIN)/iv2 run stage3 $(W) $(S3_ARGS)
+	$(BIN)/iv2 run eval_action $(W)
+	$(BIN)/iv2 run features $(W) -p encoder_dir "$$(ls -d runs/stage2-*/stage1-seed0 | tail -n 1)"
+	$(BIN)/iv2 run vidcap_shots $(W)
+	$(BIN)/iv2 run vidcap $(W)
+	$(BIN)/iv2 run ablation_teachers -p worlds $(PRESET) -p probe_world $(PRESET) $(ABL_ARGS)
+	$(BIN)/iv2 run ablation_stage2 -p table 17 $(W) $(ABL_ARGS)
+	$(BIN)/iv2 run ablation_stage2 -p table 18 $(W) $(ABL_ARGS) --run-name ablation_stage2_t18
+	$(BIN)/iv2 run ablation_stage3 $(W) $(ABL_ARGS)
+	$(MAKE) bench
+	$(BIN)/iv2 run throughput
+	$(BIN)/iv2 run memory_plan
+	$(BIN)/iv2 report --all
+
+reports: install  ## re-render reports/ from the newest finished run of each report under runs/ (nothing is re-run)
+	$(BIN)/iv2 report --all
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(SUDO),,--allow-root)

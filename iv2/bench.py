@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_bench.ipynb #085dee5a
 from __future__ import annotations
-import argparse, json, os, platform, statistics, sys, time
+import argparse, json, math, os, platform, statistics, sys, time
 from functools import partial
 from typing import Any, Callable
 import torch
@@ -15,7 +15,9 @@ from .encoders.vit import VisionConfig, VisionTransformer, flops_per_clip
 __all__ = ['PEAK_BF16_TFLOPS', 'interleaved_times', 'summarize', 'time_ratio', 'tile_frames', 'bench_config', 'tokens_per_clip',
            'visible_per_frame', 'timm_twin_kwargs', 'twin_tokens', 'expected_param_gap', 'timm_twin', 'copy_to_twin',
            'tiled_to_frame_order', 'frame_to_tiled_order', 'train_step', 'iv2_steps', 'random_visible', 'run_benchmark',
-           'main', 'peak_tflops', 'training_step_throughput', 'gpu_benchmark', 'gpu_metrics', 'gpu_table']
+           'main', 'peak_tflops', 'training_step_throughput', 'gpu_benchmark', 'gpu_metrics', 'gpu_table',
+           'vit_step_flops', 'patch_embed_flops', 'mfu', 'step_metrics', 'inference_speedup', 'decode_throughput',
+           'feed_verdict']
 
 # %% ../nbs/15_bench.ipynb #a29b4e69
 def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
@@ -298,3 +300,84 @@ def gpu_table(g: dict) -> str:
     return (f"GPU **{g['gpu']}**, ViT-{r0['preset']} ({r0['params']:,} parameters), {r0['dtype']}, batch {r0['batch']} x {r0['frames']} "
             f"frames at {r0['img_size']} px\n\n| attention | median step (s) | clips / s | TFLOP/s | MFU | peak memory (GiB) |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + ("\n\n" + "; ".join(skipped) if skipped else ""))
+
+# %% ../nbs/15_bench.ipynb #c548432f
+def vit_step_flops(cfg: VisionConfig, batch: int = 1, visible_per_frame: int | None = None, train: bool = True) -> int:
+    "Matmul FLOPs of one ViT step on `batch` clips (no pool): the forward, x3 when `train` (forward + backward)."
+    if batch < 1: raise ValueError(f"vit_step_flops: batch must be >= 1, got {batch}")
+    return (3 if train else 1) * batch * flops_per_clip(cfg, visible_per_frame=visible_per_frame, with_pool=False)
+
+def patch_embed_flops(cfg: VisionConfig) -> int:
+    "Matmul FLOPs of the patch embedding of one clip (every patch, masked or not)."
+    return 2 * cfg.t_tokens * cfg.tokens_per_frame * cfg.embed_dim * cfg.in_chans * cfg.tubelet_size * cfg.patch_size ** 2
+
+def mfu(achieved_tflops: float, peak: float | None) -> float | None:
+    "Model FLOPs utilisation: achieved TFLOP/s over the peak TFLOP/s; None when the peak is not known."
+    return achieved_tflops / peak if peak else None
+
+def step_metrics(r: dict) -> dict:
+    "Median and per-step clips/s, tokens/s, TFLOP/s and MFU of a `training_step_throughput` result."
+    ts, B, tok, fl, peak = r["step_times_s"], r["batch"], r["tokens_per_clip"], r["flops_per_step"], r["peak_tflops"]
+    med = statistics.median(ts)
+    per = [{"step_s": t, "clips_per_s": B / t, "tokens_per_s": B * tok / t, "tflops": fl / t / 1e12, "mfu": mfu(fl / t / 1e12, peak)}
+           for t in ts]
+    return {"step_s": med, "clips_per_s": B / med, "tokens_per_s": B * tok / med, "tflops": fl / med / 1e12,
+            "mfu": mfu(fl / med / 1e12, peak), "flops_per_step": fl, "tokens_per_clip": tok, "per_step": per}
+
+# %% ../nbs/15_bench.ipynb #6fe9668d
+def inference_speedup(preset: str = "tiny", num_frames: int = 4, img_size: int = 56, batch: int = 1, repeats: int = 5,
+                      warmup: int = 1, device: str = "cpu", seed: int = 0) -> dict:
+    """Median forward (inference) time of the ViT `preset` as fp32 + math attention (baseline), fp32 + SDPA, bf16 + SDPA
+    and (CUDA with flash_attn only) bf16 + flash, interleaved; speed-up = baseline time / contender time."""
+    from iv2.encoders.vit import flash_available
+    dev = torch.device(device)
+    cfg = VisionConfig.preset(preset, num_frames=num_frames, img_size=img_size, drop_path=0.0)
+    torch.manual_seed(seed)
+    model = VisionTransformer(cfg).to(dev).eval()
+    video = torch.randn(batch, 3, num_frames, img_size, img_size, generator=torch.Generator().manual_seed(seed)).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    def fwd(backend: str, dtype: torch.dtype):
+        def run():
+            model.set_attn_backend(backend)
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                model(video, pool=False)
+            sync()
+        return run
+    fns = {"fp32_math": fwd("math", torch.float32), "fp32_sdpa": fwd("sdpa", torch.float32), "bf16_sdpa": fwd("sdpa", torch.bfloat16)}
+    skipped = {}
+    if dev.type != "cuda": skipped["bf16_flash"] = "not measured: flash-attn is GPU-only (CUDA fp16/bf16 tensors)"
+    elif not flash_available(): skipped["bf16_flash"] = "not measured: flash_attn is not installed"
+    else: fns["bf16_flash"] = fwd("flash", torch.bfloat16)
+    res = interleaved_times(fns, repeats=repeats, warmup=warmup)
+    model.set_attn_backend("auto")
+    st = summarize(res["times"])
+    base = st["fp32_math"]["median_s"]
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {"preset": preset, "device": name, "frames": num_frames, "img_size": img_size, "batch": batch, "repeats": repeats,
+            "tokens_per_clip": tokens_per_clip(cfg), "times": res["times"], "summary": st,
+            "clips_per_s": {k: batch / v["median_s"] for k, v in st.items()},
+            "speedup_over_fp32_math": {**{k: base / v["median_s"] for k, v in st.items()}, **skipped}, "skipped": skipped}
+
+# %% ../nbs/15_bench.ipynb #175c0e14
+def decode_throughput(manifest: str | os.PathLike, workers: tuple[int, ...] = (1, 2), num_frames: int = 8, size: int = 224,
+                      batch_size: int = 2, max_batches: int = 4, backend: str = "decord", split: str | None = None) -> dict:
+    "Clips/s and clips/s per worker of a train-mode `VideoDataset` loader over `manifest`, for each worker count."
+    from torch.utils.data import Subset
+    from iv2.data.datasets import VideoDataset, make_loader, measure_throughput
+    out = {}
+    for w in workers:
+        if w < 1: raise ValueError(f"decode_throughput: worker counts must be >= 1, got {w}")
+        ds = VideoDataset(manifest, split=split, num_frames=num_frames, size=size, train=True, backend=backend)
+        need = (1 + 2 * w + max_batches) * batch_size                  # the prefetch the warm-up drains, then the timed batches
+        items = Subset(ds, [i % len(ds) for i in range(max(len(ds), need))])   # a small world is decoded again, never cached
+        m = measure_throughput(make_loader(items, batch_size, num_workers=w, shuffle=True), max_batches=max_batches)
+        out[w] = {**m, "workers": w, "clips_per_s_per_worker": m["clips_per_s"] / w, "dataset_clips": len(ds)}
+    return out
+
+def feed_verdict(loader_clips_per_s: float, step_clips_per_s: float, per_worker: float | None = None) -> dict:
+    "Whether a loader at `loader_clips_per_s` feeds a step consuming `step_clips_per_s`, and the workers it would need."
+    need = math.ceil(step_clips_per_s / per_worker) if per_worker else None
+    ok = loader_clips_per_s >= step_clips_per_s
+    return {"keeps_up": ok, "loader_over_step": loader_clips_per_s / step_clips_per_s, "workers_needed": need,
+            "verdict": ("keeps up" if ok else "too slow") + f": loader {loader_clips_per_s:.3g} clips/s vs step {step_clips_per_s:.3g} clips/s"
+                       + (f"; about {need} worker(s) at the measured per-worker rate" if need else "")}

@@ -16,7 +16,8 @@ from .config import Config, ConfigError, atomic_write_text, cache_dir, rng_for, 
 # %% auto #0
 __all__ = ['NO_DECAY_NAMES', 'LAUNCHERS', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'Stage', 'default_param_groups',
            'StageBase', 'shard_indices', 'loader_batches', 'ToyModel', 'ToyStage', 'toy_stage', 'RunExistsError',
-           'latest_checkpoint', 'free_port', 'yaml_load', 'train', 'load_stage', 'main', 'deepspeed_launcher', 'launch']
+           'latest_checkpoint', 'training_folder', 'read_training_folder', 'free_port', 'yaml_load', 'train',
+           'load_stage', 'main', 'deepspeed_launcher', 'launch']
 
 # %% ../nbs/30_engine.ipynb #da6648ce
 @dataclass
@@ -201,6 +202,34 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     "The newest complete `ckpt/step_*` folder of a run, or None."
     ds = _step_dirs(Path(run_dir) / "ckpt")
     return ds[-1] if ds else None
+
+def training_folder(path: str | os.PathLike, seed: int | None = None) -> Path:
+    """The training folder (one with `ckpt/step_*`) that `path` names: `path` itself; else, inside a run notebook's folder,
+    the one of `seed` (`seed<k>/` of a stage-1 run, `stage1-seed<k>/` of a stage-2 run) or, without a seed, its only one."""
+    p = Path(path)
+    if not p.is_dir(): raise FileNotFoundError(f"{p}: no such folder")
+    if latest_checkpoint(p) is not None: return p
+    subs = sorted(d for d in p.iterdir() if d.is_dir() and latest_checkpoint(d) is not None)
+    if seed is not None:
+        for name in (f"seed{seed}", f"stage1-seed{seed}"):
+            if p / name in subs: return p / name
+        raise FileNotFoundError(f"{p}: neither a training folder (ckpt/step_*) nor a run folder with a trained seed{seed}/ or "
+                                f"stage1-seed{seed}/ (training folders here: {', '.join(d.name for d in subs) or 'none'})")
+    if len(subs) == 1: return subs[0]
+    if not subs: raise FileNotFoundError(f"{p} is a directory without checkpoints (expected a training folder with "
+                                         f"ckpt/step_*/model.safetensors, or a run folder holding one)")
+    raise ValueError(f"{p} holds {len(subs)} training folders ({', '.join(d.name for d in subs)}); name one of them")
+
+def read_training_folder(train_dir: str | os.PathLike, config_cls: type) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(config, weights) of a finished or interrupted training folder: its config.yaml `stage_args` read as `config_cls`
+    (errors name the file and field), and the state dict of its newest checkpoint."""
+    from iv2.checkpoints import load_checkpoint
+    d = Path(train_dir)
+    if not (d / "config.yaml").exists(): raise FileNotFoundError(f"{d}: not a training folder (no config.yaml)")
+    ck = latest_checkpoint(d)
+    if ck is None: raise FileNotFoundError(f"{d}: has no checkpoint under ckpt/")
+    cfg = config_cls.from_dict(EngineConfig.from_yaml(d / "config.yaml").stage_args, f"{d}/config.yaml stage_args")
+    return cfg, load_checkpoint(ck / "model.safetensors")[0]
 
 def free_port() -> int:
     "A free TCP port on 127.0.0.1 (for the rendezvous of a local DeepSpeed run)."

@@ -11,8 +11,9 @@ import nbformat
 from .config import atomic_write_text, project_root, runs_dir, reports_dir
 
 # %% auto #0
-__all__ = ['new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError', 'runs_notebooks_dir',
-           'parse_param', 'reproduce_command', 'run_notebook', 'render_report', 'build_index']
+__all__ = ['PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError',
+           'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'render_report', 'build_index',
+           'render_all']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -182,6 +183,26 @@ def render_report(run_dir: str | os.PathLike, reports_root: str | os.PathLike | 
     return rep
 
 # %% ../nbs/60_reports.ipynb #5c067cf1
+PIPELINE_ORDER = ("synth_world", "teachers", "stage1", "stage2", "stage2_av", "stage3", "eval_action", "features",
+                  "vidcap_shots", "vidcap", "vidcap_models", "ablation_teachers", "ablation_stage2", "ablation_stage3", "bench_vit",
+                  "throughput", "memory_plan")
+
+def _index_rows(reps: list[dict]) -> list[dict]:
+    "One row per report, in pipeline order, with its cells as plain text."
+    def fmt(v): return f"{v:.4g}" if isinstance(v, float) else str(v)
+    def hw(h): return f"{h.get('cores')} cores" + (f", {', '.join(h['gpus'])}" if h.get("gpus") else ", no GPU")
+    def order(r):
+        n = r["name"]; base = next((o for o in sorted(PIPELINE_ORDER, key=len, reverse=True) if n == o or n.startswith(o + "_")), None)
+        return (PIPELINE_ORDER.index(base) if base else len(PIPELINE_ORDER), n)
+    rows = []
+    for r in sorted(reps, key=order):
+        scalars = [(k, v) for k, v in r.get("metrics", {}).items() if isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 40)]
+        rows.append({"name": r["name"], "html": r["report_html"], "date": str(r.get("started")), "commit": str(r.get("git_commit"))[:10],
+                     "hardware": hw(r.get("hardware", {})), "wall": str(r.get("wall_time_s")),
+                     "scale": ", ".join(f"{k}={fmt(v)}" for k, v in list(r.get("scale", {}).items())[:4]),
+                     "metrics": "; ".join(f"{k}={fmt(v)}" for k, v in scalars[:6]), "command": str(r.get("command", ""))})
+    return rows
+
 def build_index(reports_root: str | os.PathLike | None = None) -> Path:
     "Rewrite `index.html` and `README.md` of the reports folder from its `*.json` sidecars."
     out = Path(reports_root) if reports_root is not None else reports_dir()
@@ -190,18 +211,47 @@ def build_index(reports_root: str | os.PathLike | None = None) -> Path:
         try: r = json.loads(p.read_text())
         except json.JSONDecodeError: continue
         if isinstance(r, dict) and "report_html" in r: reps.append(r)
-    def fmt(v): return f"{v:.4g}" if isinstance(v, float) else str(v)
-    def head(r): return "; ".join(f"{k}={fmt(v)}" for k, v in list(r.get("metrics", {}).items())[:6])
-    def hw(r): h = r.get("hardware", {}); return f"{h.get('cores')} cores" + (f", {', '.join(h['gpus'])}" if h.get("gpus") else ", no GPU")
-    md = ["# iv2 reports", "", "Rendered by `iv2.reports.build_index` from the JSON sidecars; open `index.html` in a browser.", "",
-          "| report | date | commit | hardware | wall time (s) | headline metrics |", "|---|---|---|---|---|---|"]
-    md += [f"| [{r['name']}]({r['report_html']}) | {r.get('started')} | {str(r.get('git_commit'))[:10]} | {hw(r)} | {r.get('wall_time_s')} | {head(r)} |" for r in reps]
-    rows = "".join(f"<tr><td><a href='{html.escape(r['report_html'])}'>{html.escape(r['name'])}</a></td><td>{html.escape(str(r.get('started')))}</td>"
-                   f"<td><code>{html.escape(str(r.get('git_commit'))[:10])}</code></td><td>{html.escape(hw(r))}</td><td>{r.get('wall_time_s')}</td>"
-                   f"<td>{html.escape(head(r))}</td></tr>" for r in reps)
+    rows = _index_rows(reps)
+    cols = ("date", "commit", "hardware", "wall", "scale", "metrics")
+    heads = ("date", "commit", "hardware", "wall time (s)", "scale", "headline metrics")
+    md = ["# iv2 reports", "", "Rendered by `iv2.reports.build_index` from the JSON sidecars; open `index.html` in a browser.",
+          "Numbers are this project's own, measured at the scale stated; each report puts the paper's numbers beside them as labelled reference.", "",
+          "| report | " + " | ".join(heads) + " | rerun |", "|---" * (len(heads) + 2) + "|"]
+    md += [f"| [{r['name']}]({r['html']}) | " + " | ".join(r[c].replace("|", "/") for c in cols) + f" | `{r['command']}` |" for r in rows]
+    esc = html.escape
+    trs = "".join(f"<tr><td><a href='{esc(r['html'])}'>{esc(r['name'])}</a></td>" + "".join(f"<td>{esc(r[c])}</td>" for c in cols)
+                  + f"<td><code>{esc(r['command'])}</code></td></tr>" for r in rows)
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>iv2 reports</title><style>body{font-family:sans-serif;margin:2em}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
-            "<h1>iv2 reports</h1><table><tr><th>report</th><th>date</th><th>commit</th><th>hardware</th><th>wall time (s)</th>"
-            f"<th>headline metrics</th></tr>{rows}</table></body></html>")
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+            "code{font-size:0.85em}</style></head><body><h1>iv2 reports</h1>"
+            "<p>Every report of this checkout, in the order of the pipeline. Numbers are this project's own, measured at the scale "
+            "stated; each report puts the paper's numbers beside them as labelled reference. Click a report for its plots, "
+            "configuration and the command that reruns it.</p>"
+            "<table><tr><th>report</th>" + "".join(f"<th>{h}</th>" for h in heads) + f"<th>rerun</th></tr>{trs}</table></body></html>")
     atomic_write_text(out / "README.md", "\n".join(md) + "\n")
     return atomic_write_text(out / "index.html", page)
+
+# %% ../nbs/60_reports.ipynb #b184ec5f
+def render_all(runs_root: str | os.PathLike | None = None, reports_root: str | os.PathLike | None = None,
+               names: Sequence[str] | None = None, progress: bool = True) -> list[dict]:
+    "Re-render the newest finished run of each report name (or of `names`) under `runs_root` into `reports_root`."
+    from tqdm.auto import tqdm
+    root = Path(runs_root) if runs_root is not None else runs_dir()
+    newest: dict[str, tuple[tuple, Path]] = {}
+    for meta_p in sorted(root.glob("*/run.json")):
+        try: meta = json.loads(meta_p.read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"{meta_p}: not valid JSON ({e})") from None
+        name = meta.get("name")
+        if not name: raise ValueError(f"{meta_p}: field 'name' is missing")
+        if names is not None and name not in names: continue
+        key = (str(meta.get("started") or ""), meta_p.parent.name)
+        if name not in newest or key > newest[name][0]: newest[name] = (key, meta_p.parent)
+    if names is not None and (missing := sorted(set(names) - set(newest))):
+        raise FileNotFoundError(f"no finished run under {root} for the reports {missing}")
+    reps, errors = [], []
+    for name, (_, d) in tqdm(sorted(newest.items()), desc="reports", disable=not progress):
+        try: reps.append(render_report(d, reports_root))
+        except (OSError, ValueError, KeyError) as e: errors.append(f"{d}: {type(e).__name__}: {e}")
+    build_index(reports_root)
+    if errors: raise RuntimeError(f"{len(errors)} of {len(newest)} runs could not be rendered:\n" + "\n".join(errors))
+    return reps

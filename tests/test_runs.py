@@ -435,3 +435,43 @@ def test_vidcap_bad_parameters_are_named(tmp_path):
         run_notebook("vidcap", {"v_captioner": "whisper", "detector": "scdet"}, runs_root=tmp_path / "runs",
                      reports_root=tmp_path / "reports", progress=False)
     assert "captioner parameters" in str(e.value) and "V='whisper'" in str(e.value)
+
+
+def test_eval_action_scores_every_method_single_and_multi_view(stage2_run):
+    "Action recognition (Sec. 5.1.1) on the fixture's stage-2 encoder: linear, attentive, zero-shot and fine-tuning, 1 and 2 x 3 views."
+    import yaml
+    from pathlib import Path
+    from iv2.data.manifest import read_manifest
+    t, _, rep2 = stage2_run
+    rep = run_notebook("eval_action", {"encoder_dir": rep2["run_dir"], "num_clips": 12, "data_dir": str(t / "world"), "test_clips": 2,
+                                       "test_crops": 3, "probe_epochs": 2, "ft_steps": 2, "ft_batch": 2, "batch_size": 4},
+                       runs_root=t / "runs_ea", reports_root=t / "reports_ea", progress=False)
+    m, recs = rep["metrics"], read_manifest(t / "world" / "manifest.jsonl")
+    n_test = sum(r.split in ("val", "test") for r in recs)
+    assert (m["test_clips"], m["train_clips"], m["num_classes"], m["views"]) == (n_test, sum(r.split == "train" for r in recs), 21, 6)
+    for meth in ("linear", "attentive", "zeroshot", "finetune"):
+        for view in ("", "_multiview"):
+            top1, top5 = m[f"{meth}_top1{view}"], m[f"{meth}_top5{view}"]
+            assert 0.0 <= top1 <= top5 <= 1.0, (meth, view, m)
+            cm = rep["confusion"][meth + view]                                  # rows = true class, one count per held-out clip
+            assert len(cm) == 21 and all(len(row) == 21 for row in cm) and sum(map(sum, cm)) == n_test
+            assert sum(cm[i][i] for i in range(21)) / n_test == pytest.approx(top1, abs=1e-4)
+            labels = sorted(r.labels["action_id"] for r in recs if r.split in ("val", "test"))
+            assert sorted(i for i, row in enumerate(cm) for _ in range(sum(row))) == labels
+    run = Path(rep["run_dir"])
+    ft_cfg = yaml.safe_load((run / "finetune-seed0" / "config.yaml").read_text())       # fine-tuned on the engine, from the encoder
+    assert ft_cfg["stage_args"]["encoder"] == str(Path(rep2["run_dir"]).resolve() / "stage1-seed0") and ft_cfg["total_steps"] == 2
+    assert (run / "finetune-seed0" / "done.json").exists() and ft_cfg["stage_args"]["num_classes"] == 21
+    page = (t / "reports_ea" / "eval_action.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4                   # views, fine-tuning curves, methods' bars, confusion
+    for n in (2, 3, 4, 5, 6): assert f"Paper reference (InternVideo2, Table {n}; not measured here)" in page
+
+
+def test_eval_action_bad_parameters_are_named(teachers_and_stage1, tmp_path):
+    _, _, rep_s1 = teachers_and_stage1
+    for params, name in (({"methods": "linear,knn"}, "methods"), ({"encoder_dir": str(tmp_path)}, "encoder_dir"),
+                         ({"encoder_dir": rep_s1["run_dir"], "methods": "linear,zeroshot"}, "methods")):   # zero-shot needs stage 2
+        with pytest.raises(RunError) as e:
+            run_notebook("eval_action", params, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+        assert f"parameter '{name}'" in str(e.value), e.value
+    assert "needs a stage-2 encoder" in str(e.value)

@@ -338,14 +338,8 @@ def itm_scorer(model: Stage2Model, feats: dict, direction: str = "t2v"):
 # %% ../../nbs/33_stage2.ipynb #a29c4bd5
 def load_stage2_run(train_dir: str | os.PathLike) -> Stage2Model:
     "The model of a finished (or interrupted) stage-2 training folder, from its config.yaml and newest checkpoint, in eval mode."
-    from iv2.engine import EngineConfig, latest_checkpoint
-    from iv2.checkpoints import load_checkpoint
-    d = Path(train_dir)
-    if not (d / "config.yaml").exists(): raise FileNotFoundError(f"{d}: not a training folder (no config.yaml)")
-    ck = latest_checkpoint(d)
-    if ck is None: raise FileNotFoundError(f"{d}: has no checkpoint under ckpt/")
-    cfg = Stage2Config.from_dict(EngineConfig.from_yaml(d / "config.yaml").stage_args, f"{d}/config.yaml stage_args")
+    from iv2.engine import read_training_folder
+    cfg, sd = read_training_folder(train_dir, Stage2Config)
     model = Stage2Model(cfg.override(vision_init=""))
-    sd, _ = load_checkpoint(ck / "model.safetensors")
     model.load_state_dict(sd)
     return model.eval()

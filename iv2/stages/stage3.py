@@ -18,8 +18,8 @@ from ..data.media import IMAGENET_MEAN, IMAGENET_STD, normalize, resize, to_tens
 
 # %% auto #0
 __all__ = ['LLM_TRAIN', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text', 'Stage3Model',
-           'hd_grid', 'hd_transform', 'stage3_state_dict', 'sample_prompt', 'conversation', 'InstructionDataset',
-           'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
+           'hd_grid', 'hd_tiles', 'hd_cache_short', 'hd_transform', 'stage3_state_dict', 'sample_prompt',
+           'conversation', 'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
 
 # %% ../../nbs/34_stage3.ipynb #2f5cd957
 LLM_TRAIN = ("full", "lora", "frozen")
@@ -158,7 +158,8 @@ class Stage3Model(nn.Module):
         self.llm_proj = nn.Linear(cfg.qformer_width, llm.config.hidden_size)
         self.llm = llm
         if cfg.init_from:                                                           # before LoRA wraps the LLM
-            sd = stage3_state_dict(cfg.init_from, cfg.lora_alpha)   # a LoRA run: merged, with this alpha
+            alpha = _run_lora_alpha(cfg.init_from)      # a LoRA run is merged with the alpha it trained with (its config.yaml),
+            sd = stage3_state_dict(cfg.init_from, cfg.lora_alpha if alpha is None else alpha)   # else (no stage_args) this one
             pe, n = sd["vision_encoder.pos_embed"], vc.tokens_per_frame
             if pe.shape[1] != 1 + vc.num_patches:                                   # 8 -> 16 frames: resample in time
                 sd["vision_encoder.pos_embed"] = interpolate_pos_embed(pe, (pe.shape[1] - 1) // n, vc.t_tokens, vc.grid, vc.grid)
@@ -187,8 +188,7 @@ class Stage3Model(nn.Module):
         "How many video placeholders a prompt needs: Q, or (tiles + 1) * Q in HD for frames of (H, W)."
         if not self.cfg.hd_max_tiles: return self.cfg.queries
         if frames_shape is None: raise ValueError("video_tokens: HD needs the frames' (height, width)")
-        c, r = hd_grid(frames_shape[1], frames_shape[0], self.cfg.hd_max_tiles, self.cfg.size)
-        return (c * r + (c * r > 1)) * self.cfg.queries
+        return hd_tiles(frames_shape[1], frames_shape[0], self.cfg.hd_max_tiles, self.cfg.size) * self.cfg.queries
 
     def embed_inputs(self, video_embeds: torch.Tensor, prompts: Sequence, answers: Sequence[str] | None = None):
         """Right-padded `inputs_embeds`, `attention_mask`, `labels` (-100 except on answer tokens and each answer's eos).
@@ -255,6 +255,15 @@ def hd_grid(width: int, height: int, max_tiles: int = 6, tile: int = 224) -> tup
         elif abs(diff - best_diff) <= 1e-12 and width * height > 0.5 * tile * tile * c * r: best = (c, r)
     return best
 
+def hd_tiles(width: int, height: int, max_tiles: int = 6, tile: int = 224) -> int:
+    "K, the tile-videos `hd_transform` makes of a `width x height` frame: the grid's tiles, plus the thumbnail when there are several."
+    c, r = hd_grid(width, height, max_tiles, tile)
+    return c * r + (c * r > 1)
+
+def hd_cache_short(size: int, cache_short: int = 64) -> int:
+    "Short side of the decoded-frame cache HD reads: tiles are cut from frames resized up to `2 * size` (a 2x2 grid) or more."
+    return max(cache_short, 2 * size)
+
 def hd_transform(frames, tile: int = 224, max_tiles: int = 6, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     "uint8 (T,H,W,3) -> normalised (K, 3, T, tile, tile): the grid's tiles row by row, then the thumbnail (if K > 1)."
     x = to_tensor(frames)                                                       # (3, T, H, W) in [0, 1]
@@ -265,22 +274,25 @@ def hd_transform(frames, tile: int = 224, max_tiles: int = 6, mean=IMAGENET_MEAN
     if len(tiles) > 1: tiles.append(resize(x, tile, tile))                      # the global thumbnail
     return torch.stack([normalize(t, mean, std) for t in tiles]).contiguous()
 
+def _run_lora_alpha(train_dir: str | os.PathLike) -> float | None:
+    "The LoRA alpha a stage-3 training folder trained with (its config.yaml `stage_args`); None when it does not say."
+    import yaml
+    p = Path(train_dir) / "config.yaml"
+    args = (yaml.safe_load(p.read_text()) or {}).get("stage_args") or {} if p.exists() else {}
+    return float(args.get("lora_alpha", Stage3Config.lora_alpha)) if args.get("llm_train") == "lora" else None
+
 def stage3_state_dict(train_dir: str | os.PathLike, lora_alpha: float | None = None, merge_lora: bool = True) -> dict[str, torch.Tensor]:
     """The model weights of a stage-3 training folder's newest checkpoint. A LoRA run's adapters are merged into plain
     LLM weights, `W + (alpha / r) B A` (r from the adapters' shape; alpha: `lora_alpha`, else the run's config.yaml
     `stage_args`), unless `merge_lora=False`."""
-    import yaml
     from iv2.engine import latest_checkpoint
     from iv2.checkpoints import load_checkpoint
     ck = latest_checkpoint(train_dir)
     if ck is None: raise FileNotFoundError(f"{train_dir}: has no checkpoint under ckpt/ (a stage-3 training folder?)")
     sd = load_checkpoint(ck / "model.safetensors")[0]
     if not merge_lora or not any(".lora_A." in k for k in sd): return sd
-    if lora_alpha is None:
-        args = yaml.safe_load((Path(train_dir) / "config.yaml").read_text()).get("stage_args") or {}
-        if args.get("llm_train") != "lora":
-            raise ValueError(f"{train_dir}: its checkpoint holds LoRA adapters and its config.yaml does not say their alpha; pass lora_alpha")
-        lora_alpha = float(args.get("lora_alpha", Stage3Config.lora_alpha))
+    if lora_alpha is None and (lora_alpha := _run_lora_alpha(train_dir)) is None:
+        raise ValueError(f"{train_dir}: its checkpoint holds LoRA adapters and its config.yaml does not say their alpha; pass lora_alpha")
     out = {}
     for k, v in sd.items():
         if ".lora_" in k: continue
@@ -325,7 +337,7 @@ class InstructionDataset(torch.utils.data.Dataset):
         recs = [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end")) for k, it in enumerate(items)]
         hd = functools.partial(hd_transform, tile=size, max_tiles=hd_max_tiles) if hd_max_tiles else None   # (K,3,T,size,size)
         self.videos = VideoDataset(recs, root=video_root, num_frames=num_frames, sampling="uniform", train=False, size=size,
-                                   seed=seed, backend=backend, cache_short=max(cache_short, 2 * size) if hd else cache_short,
+                                   seed=seed, backend=backend, cache_short=hd_cache_short(size, cache_short) if hd else cache_short,
                                    frame_transform=hd)
 
     def __len__(self) -> int: return len(self.qa)
@@ -383,6 +395,6 @@ def mcqa_answer_fn(model: Stage3Model, max_new_tokens: int = 16):
         v = hd_transform(frames, c.size, c.hd_max_tiles) if c.hd_max_tiles else video_transform(frames, c.size)
         video = v[None].to(next(model.parameters()).device)
         q = prompt["user"].removesuffix(QUESTION_SUFFIX)
-        n = c.queries * (v.shape[0] if c.hd_max_tiles else 1)
+        n = model.video_tokens(frames.shape[1:3])                                   # frames: (T, H, W, 3)
         return model.generate(video, [prompt_text(n, prompt["system"], prompt["user"], prompt["prime"])], [q], max_new_tokens)[0]
     return answer
