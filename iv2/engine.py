@@ -14,10 +14,10 @@ from torch import nn
 from .config import Config, ConfigError, atomic_write_text, cache_dir, rng_for, runs_dir, seed_everything
 
 # %% auto #0
-__all__ = ['NO_DECAY_NAMES', 'LAUNCHERS', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'Stage', 'default_param_groups',
-           'StageBase', 'shard_indices', 'loader_batches', 'ToyModel', 'ToyStage', 'toy_stage', 'RunExistsError',
-           'latest_checkpoint', 'training_folder', 'read_training_folder', 'free_port', 'yaml_load', 'train',
-           'load_stage', 'main', 'deepspeed_launcher', 'launch']
+__all__ = ['NO_DECAY_NAMES', 'LAUNCHERS', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'scale_out_config', 'Stage',
+           'default_param_groups', 'StageBase', 'shard_indices', 'loader_batches', 'ToyModel', 'ToyStage', 'toy_stage',
+           'RunExistsError', 'latest_checkpoint', 'training_folder', 'read_training_folder', 'free_port', 'yaml_load',
+           'train', 'load_stage', 'main', 'deepspeed_launcher', 'launch']
 
 # %% ../nbs/30_engine.ipynb #da6648ce
 @dataclass
@@ -43,9 +43,14 @@ class EngineConfig(Config):
     seed: int = 0
     deterministic: bool = False          # torch.use_deterministic_algorithms(True) during the run
     activation_checkpointing: bool = False  # read by the stage's build_model
+    offload: Literal["none", "optimizer", "optimizer+params"] = "none"   # ZeRO-Offload to CPU memory (deepspeed backend)
     stage_args: dict[str, Any] = field(default_factory=dict)
 
     PRESETS = {"paper": dict(backend="deepspeed", zero_stage=1, precision="bf16", activation_checkpointing=True),
+               # 6B video encoder and 7B LLMs: parameters, gradients and optimizer states partitioned (ZeRO-3)
+               "paper_6B": dict(backend="deepspeed", zero_stage=3, precision="bf16", activation_checkpointing=True),
+               "paper_6B_offload": dict(backend="deepspeed", zero_stage=3, precision="bf16", activation_checkpointing=True,
+                                        offload="optimizer"),
                "tiny": dict(backend="torch", precision="fp32", micro_batch=4, total_steps=20, warmup_steps=2,
                             ckpt_every=10, deterministic=True)}
 
@@ -61,6 +66,12 @@ class EngineConfig(Config):
                   ("weight_decay", self.weight_decay >= 0, ">= 0")]
         for name, ok, want in checks:
             if not ok: raise ConfigError(f"EngineConfig.{name}: must be {want}, got {getattr(self, name)!r}")
+        if self.offload not in ("none", "optimizer", "optimizer+params"):
+            raise ConfigError(f"EngineConfig.offload: must be one of none, optimizer, optimizer+params; got {self.offload!r}")
+        if self.offload == "optimizer" and self.zero_stage < 1:
+            raise ConfigError(f"EngineConfig.offload: 'optimizer' needs zero_stage >= 1 (the optimizer states are partitioned), got zero_stage={self.zero_stage}")
+        if self.offload == "optimizer+params" and self.zero_stage != 3:
+            raise ConfigError(f"EngineConfig.offload: 'optimizer+params' needs zero_stage 3 (only ZeRO-3 partitions parameters), got zero_stage={self.zero_stage}")
 
     def global_batch(self, world_size: int = 1) -> int: return self.micro_batch * self.grad_accum * world_size
 
@@ -81,16 +92,33 @@ def lr_at(step: int, cfg: EngineConfig, world_size: int = 1) -> float:
 # %% ../nbs/30_engine.ipynb #1b62dd59
 def ds_config(cfg: EngineConfig, world_size: int = 1) -> dict:
     "DeepSpeed JSON config for `cfg` on `world_size` ranks (optimizer and scheduler are passed as torch objects)."
+    zero: dict[str, Any] = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3: zero["stage3_gather_16bit_weights_on_model_save"] = True     # full weights in each checkpoint
+    if cfg.offload != "none": zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if cfg.offload == "optimizer+params": zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {"train_micro_batch_size_per_gpu": cfg.micro_batch,
             "gradient_accumulation_steps": cfg.grad_accum,
             "train_batch_size": cfg.global_batch(world_size),
             "bf16": {"enabled": cfg.precision == "bf16"},
             "fp16": {"enabled": False},
             "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_optimization": zero,
             "zero_allow_untested_optimizer": True,
+            # the engine's optimizer is torch AdamW (the same on both back-ends); with offload DeepSpeed runs its step on the CPU
+            **({"zero_force_ds_cpu_optimizer": False} if cfg.offload != "none" else {}),
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False}
+
+def scale_out_config(model: str, stage: int, llm_params_b: float = 0.0, offload: bool = False, **overrides) -> EngineConfig:
+    """The DeepSpeed recipe for training `model` (a video-encoder preset: tiny ... 1B, 6B) in `stage` (1, 2, 3; stage 3
+    with an LLM of `llm_params_b` billion parameters): ZeRO-1 + bf16 + activation checkpointing as the paper for up to 1B;
+    ZeRO-3 + activation checkpointing for the 6B encoder and for LLMs of 3B parameters or more, with optimizer
+    states in CPU memory when `offload`. `overrides` go to `EngineConfig` (micro_batch, total_steps, ...)."""
+    if stage not in (1, 2, 3): raise ConfigError(f"scale_out_config: stage must be 1, 2 or 3, got {stage!r}")
+    big = model == "6B" or (stage == 3 and llm_params_b >= 3)
+    if offload and not big: raise ConfigError(f"scale_out_config: offload is for ZeRO-3 recipes (6B, or an LLM >= 3B); {model} stage {stage} uses ZeRO-1")
+    name = ("paper_6B_offload" if offload else "paper_6B") if big else "paper"
+    return EngineConfig.preset(name, **overrides)
 
 # %% ../nbs/30_engine.ipynb #f674cca2
 @runtime_checkable

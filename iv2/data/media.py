@@ -17,8 +17,9 @@ __all__ = ['MEDIA_ERROR_KINDS', 'SAMPLINGS', 'BACKENDS', 'FRAME_CACHE_VERSION', 
            'AUDIO_SR', 'FBANK_BINS', 'FBANK_MEAN', 'FBANK_STD', 'MAX_AUDIO_SECONDS', 'FBANK_FRAMES', 'MediaError',
            'check_file', 'square_x', 'write_frames', 'tone', 'write_test_clip', 'sample_tsn', 'sample_uniform',
            'sample_consecutive', 'is_too_short', 'sample_indices', 'frame_cache_path', 'open_video', 'frame_window',
-           'read_video', 'probe', 'to_tensor', 'resize', 'resize_short', 'center_crop', 'multi_scale_crop_params',
-           'hflip', 'normalize', 'video_transform', 'fbank_frames', 'load_audio', 'fbank', 'audio_features']
+           'read_video', 'sample_clip', 'probe', 'to_tensor', 'resize', 'resize_short', 'center_crop',
+           'multi_scale_crop_params', 'hflip', 'normalize', 'video_transform', 'fbank_frames', 'load_audio', 'fbank',
+           'audio_features']
 
 # %% ../../nbs/03_media.ipynb #1ed331dd
 MEDIA_ERROR_KINDS = ("missing", "empty", "corrupt", "no_video_stream", "no_audio", "too_short")
@@ -251,15 +252,20 @@ def read_video(path: str | os.PathLike, num_frames: int = 8, sampling: str = "ts
                rng: np.random.Generator | None = None, start: float | None = None, end: float | None = None,
                stride: int = 1, backend: str = "decord", short: str = "repeat", cache_short: int = 64) -> tuple[np.ndarray, np.ndarray]:
     "Decode `num_frames` sampled frames of the clip window: uint8 (T,H,W,3) and the file frame indices (T,)."
-    if train and rng is None: rng = np.random.default_rng()
     with open_video(path, backend, cache_short) as r:
-        first, stop = frame_window(r.num_frames, r.fps, start, end)
-        n = stop - first
-        if n < 1: raise MediaError("too_short", path, f"window [{start}, {end}) s holds no frame of {r.num_frames} at {r.fps:g} fps")
-        if short == "raise" and is_too_short(n, num_frames, sampling, stride):
-            raise MediaError("too_short", path, f"{n} frames in the window, {sampling} sampling of {num_frames} (stride {stride}) needs more")
-        idx = first + sample_indices(n, num_frames, sampling, rng if train else None, stride)
-        return r.get(idx), idx
+        return sample_clip(r, path, num_frames, sampling, train, rng, start, end, stride, short)
+
+def sample_clip(r, where, num_frames: int = 8, sampling: str = "tsn", train: bool = False, rng: np.random.Generator | None = None,
+                start: float | None = None, end: float | None = None, stride: int = 1, short: str = "repeat") -> tuple[np.ndarray, np.ndarray]:
+    "`read_video`'s sampling on an open reader `r` (`num_frames`, `fps`, `get(idx)`); `where` names the source in errors."
+    if train and rng is None: rng = np.random.default_rng()
+    first, stop = frame_window(r.num_frames, r.fps, start, end)
+    n = stop - first
+    if n < 1: raise MediaError("too_short", where, f"window [{start}, {end}) s holds no frame of {r.num_frames} at {r.fps:g} fps")
+    if short == "raise" and is_too_short(n, num_frames, sampling, stride):
+        raise MediaError("too_short", where, f"{n} frames in the window, {sampling} sampling of {num_frames} (stride {stride}) needs more")
+    idx = first + sample_indices(n, num_frames, sampling, rng if train else None, stride)
+    return r.get(idx), idx
 
 def probe(path: str | os.PathLike) -> dict:
     "PyAV facts about a file (raises `MediaError`): frames, fps, size, duration, audio, and that the first frame decodes."

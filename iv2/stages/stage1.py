@@ -4,7 +4,6 @@
 
 # %% ../../nbs/31_stage1.ipynb #79df317b
 from __future__ import annotations
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterator, Literal
 import torch
@@ -14,7 +13,7 @@ from ..config import Config, ConfigError
 from ..engine import EngineConfig, StageBase, default_param_groups, loader_batches
 from ..encoders.vit import VisionConfig, VisionTransformer
 from ..teachers import TeacherConfig, build_teacher
-from ..masking import MaskConfig, make_mask, num_visible
+from ..masking import MaskConfig, make_mask
 from ..losses import (DistillLossConfig, build_heads, stage1_losses, cosine_distill_loss, gather_visible,
                         align_motion_frames)
 from ..encoders.vit import visible_index
@@ -39,6 +38,7 @@ class Stage1Config(Config):
     mask: MaskConfig = field(default_factory=MaskConfig)
     loss: DistillLossConfig = field(default_factory=lambda: DistillLossConfig.preset("tiny"))
     manifest: str = ""                                      # manifest.jsonl (videos relative to its folder)
+    shards: str = ""                                        # or a tar-shard folder (iv2.data.shards.write_shards; split applied there)
     split: str | None = "train"
     num_frames: int = 4                                     # T: student frames; the clip has 2T frames
     size: int = 56                                          # input height = width
@@ -210,7 +210,14 @@ class Stage1Stage(StageBase):
                             train=c.train_aug, size=c.size, seed=seed, backend=c.backend, cache_short=c.cache_short)
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:
-        yield from loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage1", self.cfg.num_workers)
+        "The rank's micro-batches: whole tar shards per rank when `shards` is set (a cluster's data), else the manifest's clips."
+        c = self.cfg
+        if c.shards:
+            from iv2.data.shards import ShardReader
+            reader = ShardReader(c.shards, num_frames=2 * c.num_frames, sampling=c.sampling, train=c.train_aug, size=c.size, seed=seed)
+            yield from reader.batches(rank, world_size, epoch, seed, micro_batch, start, c.num_workers)
+        else:
+            yield from loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage1", c.num_workers)
 
 def stage1(preset: str | None = None, **stage_args) -> Stage1Stage:
     "Factory for `python -m iv2.engine --stage iv2.stages.stage1:stage1` (stage_args: `Stage1Config` fields)."
