@@ -20,8 +20,8 @@ from .media import (MediaError, SAMPLINGS, BACKENDS, FBANK_FRAMES, FBANK_BINS, r
 logger = logging.getLogger("iv2.data")
 
 # %% auto #0
-__all__ = ['logger', 'BadInputPolicy', 'TooManySkipsError', 'check_skip_fraction', 'VideoDataset', 'collate', 'make_loader',
-           'SkipLog', 'scan_manifest', 'read_skip_list', 'measure_throughput']
+__all__ = ['logger', 'BadInputPolicy', 'TooManySkipsError', 'check_skip_fraction', 'clip_item', 'VideoDataset', 'collate',
+           'make_loader', 'SkipLog', 'scan_manifest', 'read_skip_list', 'measure_throughput']
 
 # %% ../../nbs/04_datasets.ipynb #c969280f
 @dataclass
@@ -61,6 +61,13 @@ def check_skip_fraction(skipped: int, visited: int, policy: BadInputPolicy, coun
                                 f"max_skip_fraction {policy.max_skip_fraction:.0%}); reasons {dict(counts or {})}")
 
 # %% ../../nbs/04_datasets.ipynb #ee2f474c
+def clip_item(frames: np.ndarray, idx: np.ndarray, r: ClipRecord, index: int, size: int, train: bool, rng: np.random.Generator,
+              frame_transform=None, label_key: str = "action_id") -> dict:
+    "The item of one decoded clip (frames uint8 (T,H,W,3)): video (C,T,size,size), frame indices, id, index, label, captions."
+    video = frame_transform(frames) if frame_transform is not None else video_transform(frames, size, train, rng)
+    return dict(video=video, frame_indices=torch.as_tensor(idx, dtype=torch.long), id=r.id, index=index,
+                label=int(r.labels.get(label_key, -1)), captions=dict(r.captions))
+
 class VideoDataset(Dataset):
     "Clips of a manifest as dicts of tensors, with the bad-input policy applied (see the table above)."
     def __init__(self, manifest: str | os.PathLike | Sequence[ClipRecord], root: str | os.PathLike | None = None,
@@ -94,10 +101,7 @@ class VideoDataset(Dataset):
         short = "repeat" if self.policy.short_clip == "repeat" else "raise"
         frames, idx = read_video(path, self.num_frames, self.sampling, self.train, rng, r.start, r.end,
                                  self.stride, self.backend, short, self.cache_short)                    # (T,H,W,3) uint8
-        video = (self.frame_transform(frames) if self.frame_transform is not None
-                 else video_transform(frames, self.size, self.train, rng))           # (C,T,size,size)
-        out = dict(video=video, frame_indices=torch.as_tensor(idx, dtype=torch.long), id=r.id, index=j,
-                   label=int(r.labels.get(self.label_key, -1)), captions=dict(r.captions))
+        out = clip_item(frames, idx, r, j, self.size, self.train, rng, self.frame_transform, self.label_key)
         if self.audio:
             try:
                 wav = load_audio(path, r.start, r.end)

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 from ..config import atomic_write_text, rng_for
 from .manifest import ClipRecord, ManifestError, read_manifest, record_from_dict
-from .media import (MediaError, SAMPLINGS, _DecordReader, _decord_msg, check_file, sample_clip,
-                    video_transform)
-from .datasets import BadInputPolicy, TooManySkipsError, _worker_init, check_skip_fraction, collate
+from .media import (MediaError, SAMPLINGS, _DecordReader, _decord_msg, check_file, sample_clip)
+from .datasets import clip_item, BadInputPolicy, TooManySkipsError, _worker_init, check_skip_fraction, collate
 
 logger = logging.getLogger("iv2.data")
 
@@ -235,10 +234,7 @@ class ShardReader:
         short = "repeat" if self.policy.short_clip == "repeat" else "raise"
         frames, idx = read_video_bytes(parts[ext], where, self.num_frames, self.sampling, self.train, rng, r.start, r.end,
                                        self.stride, short)
-        video = (self.frame_transform(frames) if self.frame_transform is not None
-                 else video_transform(frames, self.size, self.train, rng))
-        return dict(video=video, frame_indices=torch.as_tensor(idx, dtype=torch.long), id=r.id, index=index,
-                    label=int(r.labels.get(self.label_key, -1)), captions=dict(r.captions))
+        return clip_item(frames, idx, r, index, self.size, self.train, rng, self.frame_transform, self.label_key)
 
     def _positions(self, rank: int, world_size: int, epoch: int, seed: int, start: int) -> Iterator:
         "(where, index, parts) at positions `start` ... `quota - 1` of the rank's stream."
