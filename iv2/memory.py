@@ -9,12 +9,13 @@ from dataclasses import dataclass, asdict
 from typing import Sequence
 import torch
 import torch.nn as nn
+from .bench import tokens_per_clip, visible_per_frame
 from .encoders.vit import VisionConfig, count_params, distill_head_params
 
 # %% auto #0
 __all__ = ['GiB', 'ZERO_STAGES', 'OFFLOADS', 'LLM_7B', 'ACT_BYTES', 'STAGE_GPUS', 'PRESETS', 'model_state_bytes',
            'deepspeed_model_state_bytes', 'bert_params', 'llm_params', 'lora_params', 'vit_block_bytes_per_token',
-           'vit_tokens', 'vit_activation_bytes', 'saved_activation_bytes', 'transformer_layer_bytes_per_token',
+           'vit_activation_bytes', 'saved_activation_bytes', 'transformer_layer_bytes_per_token',
            'vit_forward_workspace', 'Part', 'stage_parts', 'memory_breakdown', 'memory_table', 'max_micro_batch']
 
 # %% ../nbs/16_memory.ipynb #c7461e63
@@ -93,9 +94,6 @@ def vit_block_bytes_per_token(cfg: VisionConfig) -> int:
     C, M, H = cfg.embed_dim, cfg.mlp_hidden, cfg.num_heads
     return 2 * (8 * C + 2 * M) + 4 * 10 * C + 4 * H + 16
 
-def vit_tokens(cfg: VisionConfig, visible_per_frame: int | None = None) -> int:
-    "Tokens through the blocks: class token + T x (visible) patches per frame."
-    return 1 + cfg.t_tokens * (cfg.tokens_per_frame if visible_per_frame is None else visible_per_frame)
 
 def vit_activation_bytes(cfg: VisionConfig, batch: int = 1, visible_per_frame: int | None = None,
                          checkpointing: bool = False) -> dict[str, int]:
@@ -103,7 +101,7 @@ def vit_activation_bytes(cfg: VisionConfig, batch: int = 1, visible_per_frame: i
     saved tensors, or only their inputs with checkpointing, plus the bf16 input video the patch embedding keeps and, when
     masked, the full patch-token tensor the visible-token gather keeps) and
     `transient` (the recomputed block's full set with checkpointing; without, the gradient buffers of one block)."""
-    L = vit_tokens(cfg, visible_per_frame)
+    L = tokens_per_clip(cfg, visible_per_frame)
     per_block = L * vit_block_bytes_per_token(cfg)
     video = ACT_BYTES * cfg.in_chans * cfg.num_frames * cfg.img_size ** 2
     if visible_per_frame is not None: video += ACT_BYTES * cfg.num_patches * cfg.embed_dim     # all patch tokens, kept by the gather
@@ -172,15 +170,15 @@ def _stage_parts(preset: str, stage: int, checkpointing: bool) -> tuple[Part, ..
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
     if stage == 1:
         cfg = VisionConfig.preset(preset, num_frames=8, img_size=224)
-        K = cfg.tokens_per_frame - int(cfg.tokens_per_frame * 0.8)                    # 52 visible patches per frame
-        L = vit_tokens(cfg, K)
+        K = visible_per_frame(cfg, 0.8)                                                # 52 visible patches per frame
+        L = tokens_per_clip(cfg, K)
         a = vit_activation_bytes(cfg, 1, K, checkpointing)
         n_clip, n_mae, Td, Dm = 6, 4, 3200, 1408
         heads_act = ACT_BYTES * L * (n_clip * 3 * Td + n_mae * (3 * cfg.embed_dim + 3 * Dm)) + ACT_BYTES * 3 * 768
         targets = ACT_BYTES * L * (n_clip * Td + n_mae * Dm)
         mm = VisionConfig.preset("6B", num_frames=1, img_size=224, drop_path=0.0)
         mo = VisionConfig.preset("1B", num_frames=16, tubelet_size=2, img_size=224, drop_path=0.0)
-        teach_ws = max(cfg.num_frames * vit_forward_workspace(mm, vit_tokens(mm)), vit_forward_workspace(mo, vit_tokens(mo)))
+        teach_ws = max(cfg.num_frames * vit_forward_workspace(mm, tokens_per_clip(mm)), vit_forward_workspace(mo, tokens_per_clip(mo)))
         student_peak = a["stored"] + heads_act + a["transient"]
         return [Part("student ViT", count_params(cfg)["total"], True, a["stored"], a["transient"], _vit_largest(cfg)),
                 Part("distillation heads", distill_head_params(cfg), True, heads_act + targets, 0, cfg.embed_dim * Td + Td),
@@ -189,8 +187,8 @@ def _stage_parts(preset: str, stage: int, checkpointing: bool) -> tuple[Part, ..
     if stage == 2:
         audio = preset == "6B"
         cfg = VisionConfig.preset(preset, num_frames=4, img_size=224, img_pos_embed=True)
-        K = cfg.tokens_per_frame - int(cfg.tokens_per_frame * 0.8)
-        Lv = vit_tokens(cfg, K)
+        K = visible_per_frame(cfg, 0.8)
+        Lv = tokens_per_clip(cfg, K)
         a = vit_activation_bytes(cfg, 1, K, checkpointing)
         mem_w = 768 if audio else cfg.embed_dim
         mem_tokens = Lv + (496 if audio else 0)                                      # BEATs: 10 s -> 496 patch tokens
@@ -207,7 +205,7 @@ def _stage_parts(preset: str, stage: int, checkpointing: bool) -> tuple[Part, ..
     if stage == 3:
         cfg = VisionConfig.preset(preset, num_frames=8, img_size=224, drop_path=0.0)
         qf = bert_params(768, 12, 3072, cross_layers=6, encoder_width=cfg.embed_dim) + 96 * 768
-        q_s, q_t = _bert_acts(768, 12, 96 + 32, 12, 3072, checkpointing, memory=vit_tokens(cfg), memory_width=cfg.embed_dim)
+        q_s, q_t = _bert_acts(768, 12, 96 + 32, 12, 3072, checkpointing, memory=tokens_per_clip(cfg), memory_width=cfg.embed_dim)
         s, h, I, V = 96 + 512, LLM_7B["hidden"], LLM_7B["intermediate"], LLM_7B["vocab"]
         per_layer = s * transformer_layer_bytes_per_token(h, 32, s, I, flash=True, swiglu=True)
         llm_s = LLM_7B["layers"] * (ACT_BYTES * s * h if checkpointing else per_layer)
@@ -215,7 +213,7 @@ def _stage_parts(preset: str, stage: int, checkpointing: bool) -> tuple[Part, ..
         return [Part("QFormer + projection", qf + 768 * h + h, True, q_s, q_t, 30522 * 768),
                 Part("LoRA (r 16)", lora_params(16, **LLM_7B), True, 0, 0, 16 * (h + I)),
                 Part("Mistral-7B (frozen)", llm_params(**LLM_7B), False, llm_s + logits, per_layer if checkpointing else 0),
-                Part("video ViT (frozen)", count_params(cfg)["total"], False, 0, vit_forward_workspace(cfg, vit_tokens(cfg)))]
+                Part("video ViT (frozen)", count_params(cfg)["total"], False, 0, vit_forward_workspace(cfg, tokens_per_clip(cfg)))]
     raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
 
 # %% ../nbs/16_memory.ipynb #01ae3440
