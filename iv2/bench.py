@@ -6,18 +6,19 @@
 from __future__ import annotations
 import argparse, json, math, os, platform, statistics, sys, time
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 from .encoders.vit import VisionConfig, VisionTransformer, flops_per_clip
 
 # %% auto #0
-__all__ = ['PEAK_BF16_TFLOPS', 'interleaved_times', 'summarize', 'time_ratio', 'tile_frames', 'bench_config', 'tokens_per_clip',
-           'visible_per_frame', 'timm_twin_kwargs', 'twin_tokens', 'expected_param_gap', 'timm_twin', 'copy_to_twin',
-           'tiled_to_frame_order', 'frame_to_tiled_order', 'train_step', 'iv2_steps', 'random_visible', 'run_benchmark',
-           'main', 'peak_tflops', 'training_step_throughput', 'gpu_benchmark', 'gpu_metrics', 'gpu_table',
-           'vit_step_flops', 'patch_embed_flops', 'mfu', 'step_metrics', 'inference_speedup', 'decode_throughput',
-           'feed_verdict']
+__all__ = ['PEAK_BF16_TFLOPS', 'GPU_BACKENDS', 'interleaved_times', 'summarize', 'time_ratio', 'tile_frames', 'bench_config',
+           'tokens_per_clip', 'visible_per_frame', 'timm_twin_kwargs', 'twin_tokens', 'expected_param_gap', 'timm_twin',
+           'copy_to_twin', 'tiled_to_frame_order', 'frame_to_tiled_order', 'train_step', 'iv2_steps', 'random_visible',
+           'run_benchmark', 'main', 'peak_tflops', 'training_step_throughput', 'backend_sweep', 'gpu_benchmark',
+           'flash_kernel', 'gpu_metrics', 'gpu_table', 'vit_step_flops', 'patch_embed_flops', 'mfu', 'step_metrics',
+           'inference_speedup', 'matmul_tflops', 'kernel_agreement', 'gpu_suite', 'gpu_suite_main', 'gpu_suite_metrics',
+           'gpu_report', 'decode_throughput', 'feed_verdict']
 
 # %% ../nbs/15_bench.ipynb #a29b4e69
 def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
@@ -220,21 +221,35 @@ def main(argv: list[str] | None = None) -> int:
 
 # %% ../nbs/15_bench.ipynb #abf0c885
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+GPU_BACKENDS = ("math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flash")
 
 def peak_tflops(device_name: str) -> float | None:
     "Dense bf16 tensor-core peak (TFLOP/s) of a card by its name (first matching key of `PEAK_BF16_TFLOPS`), else None."
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k.lower() in device_name.lower()), None)
 
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+
+def _check_model(model: VisionTransformer, cfg: VisionConfig):
+    got = (model.cfg.embed_dim, model.cfg.depth, model.cfg.num_frames, model.cfg.img_size)
+    want = (cfg.embed_dim, cfg.depth, cfg.num_frames, cfg.img_size)
+    if got != want: raise ValueError(f"the model given is (width, depth, frames, size) {got}, the benchmark asks for {want}")
+
 def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 4, steps: int = 10,
                              warmup: int = 3, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, backend: str = "auto",
-                             mask_ratio: float = 0.0, seed: int = 0) -> dict:
+                             mask_ratio: float = 0.0, seed: int = 0, model: VisionTransformer | None = None,
+                             compile_model: bool = False) -> dict:
     """Time `steps` training steps (forward + backward + AdamW) of `preset` at `dtype` (autocast) with attention `backend`;
-    `mask_ratio` > 0 keeps that share of each frame's patches out (stage 1). Returns clips/s, TFLOP/s and MFU (None
-    when the device's peak is not known)."""
+    `mask_ratio` > 0 keeps that share of each frame's patches out (stage 1). `model` reuses weights already on the
+    device (its backend is switched); `compile_model` times the `torch.compile`d model (the warm-up, compilation
+    included, is reported as `warmup_s`). Returns clips/s, TFLOP/s and MFU (None when the device's peak is not known)."""
     cfg = VisionConfig.preset(preset, num_frames=num_frames, img_size=img_size, drop_path=0.0, attn_backend=backend)
     dev = torch.device(device)
-    torch.manual_seed(seed)
-    model = VisionTransformer(cfg).to(dev).train()
+    if model is None:
+        torch.manual_seed(seed); model = VisionTransformer(cfg).to(dev)
+    else: _check_model(model, cfg)
+    model.set_attn_backend(backend); model.train()
+    run = torch.compile(model) if compile_model else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.type == "cuda")
     video = torch.randn(batch, 3, num_frames, img_size, img_size, device=dev)
     K = visible_per_frame(cfg, mask_ratio)
@@ -244,48 +259,73 @@ def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: 
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(video, visible=visible, pool=False)["tokens"].float().square().mean()
+            loss = run(video, visible=visible, pool=False)["tokens"].float().square().mean()
         loss.backward(); opt.step()
-    for _ in range(warmup): step()
-    sync(); times = []
-    for _ in range(steps):
-        t0 = time.perf_counter(); step(); sync(); times.append(time.perf_counter() - t0)
+    try:
+        t_w = time.perf_counter()
+        for _ in range(warmup): step()
+        sync(); warmup_s = time.perf_counter() - t_w; times = []
+        for _ in range(steps):
+            t0 = time.perf_counter(); step(); sync(); times.append(time.perf_counter() - t0)
+    finally:
+        opt.zero_grad(set_to_none=True); opt.state.clear()     # free the AdamW moments before the next backend
     med = statistics.median(times)
     flops = 3 * flops_per_clip(cfg, visible_per_frame=K if mask_ratio > 0 else None, with_pool=False) * batch
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    name = _device_name(dev)
     peak = peak_tflops(name) if dev.type == "cuda" else None
     achieved = flops / med / 1e12
     return {"preset": preset, "params": sum(p.numel() for p in model.parameters()), "device": name, "dtype": str(dtype).split(".")[-1],
-            "backend": backend, "batch": batch, "frames": num_frames, "img_size": img_size, "mask_ratio": mask_ratio,
-            "tokens_per_clip": tokens_per_clip(cfg, K if mask_ratio > 0 else None), "steps": steps, "step_s_median": med,
-            "step_times_s": times, "clips_per_s": batch / med, "flops_per_step": flops, "achieved_tflops": achieved,
-            "peak_tflops": peak, "mfu": achieved / peak if peak else None,
+            "backend": backend, "compiled": compile_model, "batch": batch, "frames": num_frames, "img_size": img_size,
+            "mask_ratio": mask_ratio, "tokens_per_clip": tokens_per_clip(cfg, K if mask_ratio > 0 else None), "steps": steps,
+            "warmup_s": warmup_s, "step_s_median": med, "step_times_s": times, "clips_per_s": batch / med, "flops_per_step": flops,
+            "achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
 
-def gpu_benchmark(preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 4, steps: int = 10, warmup: int = 3,
-                  mask_ratio: float = 0.0) -> dict:
-    "ViT `preset` bf16 training steps on the CUDA device with SDPA and (when installed) flash-attn; else 'not measured'."
+def _not_measured(e: BaseException) -> str:
+    return f"not measured: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+
+def backend_sweep(model: VisionTransformer, backends: Sequence[str], preset: str, num_frames: int, img_size: int, batch: int,
+                  steps: int, warmup: int, device: str, mask_ratio: float, compile_model: bool = False) -> dict:
+    "`training_step_throughput` of one model (bf16) with each attention backend; a backend that cannot run is a 'not measured' line."
     from iv2.encoders.vit import flash_available
+    runs = {}
+    for b in backends:
+        if b == "flash" and not flash_available(): runs[b] = "not measured: flash_attn is not installed"; continue
+        try: runs[b] = training_step_throughput(preset, num_frames, img_size, batch, steps, warmup, device, torch.bfloat16, b,
+                                                mask_ratio, model=model, compile_model=compile_model)
+        except RuntimeError as e: runs[b] = _not_measured(e)     # torch.cuda.OutOfMemoryError is a RuntimeError too
+        if torch.device(device).type == "cuda": torch.cuda.empty_cache()
+    return runs
+
+def gpu_benchmark(preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 4, steps: int = 10, warmup: int = 3,
+                  mask_ratio: float = 0.0, backends: Sequence[str] = GPU_BACKENDS) -> dict:
+    "ViT `preset` bf16 training steps on the CUDA device, one set of weights, each attention backend; else 'not measured'."
     if not torch.cuda.is_available(): return {"gpu": "not measured", "reason": "no CUDA device in this process"}
-    out = {"gpu": torch.cuda.get_device_name(0), "runs": {}}
-    for backend in ("sdpa", "flash"):
-        if backend == "flash" and not flash_available():
-            out["runs"]["flash"] = "not measured: flash_attn is not installed"; continue
-        out["runs"][backend] = training_step_throughput(preset, num_frames, img_size, batch, steps, warmup, "cuda", torch.bfloat16,
-                                                        backend, mask_ratio)
-        torch.cuda.empty_cache()
-    return out
+    cfg = VisionConfig.preset(preset, num_frames=num_frames, img_size=img_size, drop_path=0.0)
+    torch.manual_seed(0)
+    model = VisionTransformer(cfg).cuda()
+    return {"gpu": torch.cuda.get_device_name(0),
+            "runs": backend_sweep(model, backends, preset, num_frames, img_size, batch, steps, warmup, "cuda", mask_ratio)}
+
+def flash_kernel(runs: dict) -> str | None:
+    "The FlashAttention run of a backend sweep: flash_attn's when it ran, else PyTorch's own FlashAttention-2 kernel."
+    return next((k for k in ("flash", "sdpa_flash") if isinstance(runs.get(k), dict)), None)
 
 def gpu_metrics(g: dict) -> dict:
-    "The report's flat GPU metrics from a `gpu_benchmark` result: clips/s and MFU per attention backend, flash over SDPA."
+    """The report's flat GPU metrics from a `gpu_benchmark` result: clips/s and MFU per attention backend, the
+    FlashAttention kernel over SDPA's own choice and over the plain (math) attention, and the best MFU."""
+    runs = g.get("runs", {})
     out = {}
-    for k in ("sdpa", "flash"):
-        r = g.get("runs", {}).get(k)
-        ok = isinstance(r, dict)
+    for k in dict.fromkeys(("sdpa", "flash", *runs)):
+        r = runs.get(k); ok = isinstance(r, dict)
         out[f"gpu_bf16_clips_per_s_{k}"] = round(r["clips_per_s"], 3) if ok else "not measured"
         out[f"gpu_mfu_{k}"] = (round(r["mfu"], 4) if r["mfu"] is not None else "unknown peak") if ok else "not measured"
-    both = [g.get("runs", {}).get(k) for k in ("flash", "sdpa")]
-    out["gpu_flash_over_sdpa"] = round(both[0]["clips_per_s"] / both[1]["clips_per_s"], 3) if all(isinstance(r, dict) for r in both) else "not measured"
+    fk = flash_kernel(runs)
+    ratio = lambda b: round(runs[fk]["clips_per_s"] / runs[b]["clips_per_s"], 3) if fk and isinstance(runs.get(b), dict) else "not measured"
+    out["gpu_flash_kernel"] = fk or "not measured"
+    out["gpu_flash_over_sdpa"], out["gpu_flash_over_math"] = ratio("sdpa"), ratio("math")
+    mfus = [r["mfu"] for r in runs.values() if isinstance(r, dict) and r["mfu"] is not None]
+    out["gpu_mfu_best"] = round(max(mfus), 4) if mfus else "not measured"
     return out
 
 def gpu_table(g: dict) -> str:
@@ -298,7 +338,8 @@ def gpu_table(g: dict) -> str:
             for k, r in runs.items()]
     skipped = [f"{k}: {v}" for k, v in g.get("runs", {}).items() if not isinstance(v, dict)]
     return (f"GPU **{g['gpu']}**, ViT-{r0['preset']} ({r0['params']:,} parameters), {r0['dtype']}, batch {r0['batch']} x {r0['frames']} "
-            f"frames at {r0['img_size']} px\n\n| attention | median step (s) | clips / s | TFLOP/s | MFU | peak memory (GiB) |\n"
+            f"frames at {r0['img_size']} px, {int(round(100 * r0['mask_ratio']))}% of patches masked\n\n"
+            "| attention | median step (s) | clips / s | TFLOP/s | MFU | peak memory (GiB) |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + ("\n\n" + "; ".join(skipped) if skipped else ""))
 
 # %% ../nbs/15_bench.ipynb #c548432f
@@ -326,14 +367,17 @@ def step_metrics(r: dict) -> dict:
 
 # %% ../nbs/15_bench.ipynb #6fe9668d
 def inference_speedup(preset: str = "tiny", num_frames: int = 4, img_size: int = 56, batch: int = 1, repeats: int = 5,
-                      warmup: int = 1, device: str = "cpu", seed: int = 0) -> dict:
-    """Median forward (inference) time of the ViT `preset` as fp32 + math attention (baseline), fp32 + SDPA, bf16 + SDPA
-    and (CUDA with flash_attn only) bf16 + flash, interleaved; speed-up = baseline time / contender time."""
+                      warmup: int = 1, device: str = "cpu", seed: int = 0, model: VisionTransformer | None = None) -> dict:
+    """Median forward (inference) time of the ViT `preset` as fp32 + math attention (baseline), fp32 + SDPA, bf16 + SDPA,
+    bf16 + PyTorch's FlashAttention-2 kernel (`sdpa_flash`) and (CUDA with flash_attn only) bf16 + flash_attn, interleaved;
+    speed-up = baseline time / contender time. `model` reuses weights already on the device."""
     from iv2.encoders.vit import flash_available
     dev = torch.device(device)
     cfg = VisionConfig.preset(preset, num_frames=num_frames, img_size=img_size, drop_path=0.0)
-    torch.manual_seed(seed)
-    model = VisionTransformer(cfg).to(dev).eval()
+    if model is None:
+        torch.manual_seed(seed); model = VisionTransformer(cfg).to(dev)
+    else: _check_model(model, cfg)
+    model.eval()
     video = torch.randn(batch, 3, num_frames, img_size, img_size, generator=torch.Generator().manual_seed(seed)).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     def fwd(backend: str, dtype: torch.dtype):
@@ -343,8 +387,11 @@ def inference_speedup(preset: str = "tiny", num_frames: int = 4, img_size: int =
                 model(video, pool=False)
             sync()
         return run
-    fns = {"fp32_math": fwd("math", torch.float32), "fp32_sdpa": fwd("sdpa", torch.float32), "bf16_sdpa": fwd("sdpa", torch.bfloat16)}
+    fns = {"fp32_math": fwd("math", torch.float32), "fp32_sdpa": fwd("sdpa", torch.float32), "bf16_sdpa": fwd("sdpa", torch.bfloat16),
+           "bf16_sdpa_flash": fwd("sdpa_flash", torch.bfloat16)}
     skipped = {}
+    try: fns["bf16_sdpa_flash"]()                                     # PyTorch's flash kernel may refuse this device / shape
+    except RuntimeError as e: skipped["bf16_sdpa_flash"] = _not_measured(e); del fns["bf16_sdpa_flash"]
     if dev.type != "cuda": skipped["bf16_flash"] = "not measured: flash-attn is GPU-only (CUDA fp16/bf16 tensors)"
     elif not flash_available(): skipped["bf16_flash"] = "not measured: flash_attn is not installed"
     else: fns["bf16_flash"] = fwd("flash", torch.bfloat16)
@@ -352,11 +399,191 @@ def inference_speedup(preset: str = "tiny", num_frames: int = 4, img_size: int =
     model.set_attn_backend("auto")
     st = summarize(res["times"])
     base = st["fp32_math"]["median_s"]
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return {"preset": preset, "device": name, "frames": num_frames, "img_size": img_size, "batch": batch, "repeats": repeats,
-            "tokens_per_clip": tokens_per_clip(cfg), "times": res["times"], "summary": st,
+    return {"preset": preset, "device": _device_name(dev) if dev.type == "cuda" else "cpu", "frames": num_frames, "img_size": img_size,
+            "batch": batch, "repeats": repeats, "tokens_per_clip": tokens_per_clip(cfg), "times": res["times"], "summary": st,
             "clips_per_s": {k: batch / v["median_s"] for k, v in st.items()},
-            "speedup_over_fp32_math": {**{k: base / v["median_s"] for k, v in st.items()}, **skipped}, "skipped": skipped}
+            "speedup_over_fp32_math": {**{k: base / v["median_s"] for k, v in st.items()}, **skipped}, "skipped": skipped,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if dev.type == "cuda" else None}
+
+# %% ../nbs/15_bench.ipynb #b7c2a245
+def _json_default(o):
+    if isinstance(o, torch.dtype): return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+def matmul_tflops(n: int = 8192, repeats: int = 10, warmup: int = 3, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> dict:
+    "Achieved TFLOP/s of an n x n x n matrix product on random data (the mean of `repeats` timed products after `warmup`)."
+    dev = torch.device(device)
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for _ in range(warmup): a @ b
+    sync(); t0 = time.perf_counter()
+    for _ in range(repeats): a @ b
+    sync(); dt = (time.perf_counter() - t0) / repeats
+    return {"n": n, "dtype": str(dtype).split(".")[-1], "s_per_product": dt, "tflops": 2 * n ** 3 / dt / 1e12}
+
+def kernel_agreement(backends: Sequence[str], B: int = 2, H: int = 16, L: int = 411, D: int = 88, device: str = "cuda") -> dict:
+    "Max |difference| of each attention backend from the math path on random bf16 q, k, v (B, H, L, D); refusals are lines."
+    from iv2.encoders.vit import attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, L, D, generator=g).to(device, torch.bfloat16) for _ in range(3))
+    ref = attention(q, k, v, "math").float()
+    out = {}
+    for b in backends:
+        try: out[b] = (attention(q, k, v, b).float() - ref).abs().max().item()
+        except RuntimeError as e: out[b] = _not_measured(e)
+    return {"shape": [B, H, L, D], "max_abs_diff_vs_math": out}
+
+def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 16,
+              batches: Sequence[int] = (8, 16, 32, 64), mask_ratio: float = 0.8, steps: int = 10, warmup: int = 3,
+              backends: Sequence[str] = GPU_BACKENDS, unmasked_batch: int = 4, inference_batch: int = 4, inference_repeats: int = 5,
+              compile_model: bool = True, budget_s: float = 420.0, device: str = "cuda", commit: str = "",
+              matmul_n: int = 8192) -> dict:
+    """Issue 9's GPU measurements in one process (see the list above); the JSON is rewritten at `out` after every part.
+    A part that would start after `budget_s` seconds, or that fails (out of memory, a refused kernel), is a
+    'not measured: ...' line in place of its numbers."""
+    t_start, dev = time.time(), torch.device(device)
+    name = _device_name(dev)
+    res = {"kind": "iv2.bench.gpu_suite", "commit": commit, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "env": {"device": name, "device_type": dev.type, "peak_bf16_tflops": peak_tflops(name) if dev.type == "cuda" else None, "torch": torch.__version__,
+                   "cuda": torch.version.cuda, "python": platform.python_version(),
+                   "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                   "sm_count": torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else None,
+                   "memory_gib": torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else None},
+           "config": {"preset": preset, "num_frames": num_frames, "img_size": img_size, "batch": batch, "batches": list(batches),
+                      "mask_ratio": mask_ratio, "steps": steps, "warmup": warmup, "backends": list(backends),
+                      "unmasked_batch": unmasked_batch, "inference_batch": inference_batch, "inference_repeats": inference_repeats,
+                      "compile_model": compile_model, "budget_s": budget_s},
+           "parts": {}}
+    def save():
+        res["wall_s"] = time.time() - t_start
+        if out:
+            tmp = f"{out}.tmp"
+            with open(tmp, "w") as f: json.dump(res, f, indent=1, default=_json_default)
+            os.replace(tmp, out)
+    def part(key: str, fn: Callable[[], Any], need_s: float = 0.0):
+        if time.time() - t_start + need_s > budget_s:
+            res["parts"][key] = f"not measured: the time budget of {budget_s:.0f} s would be spent"; save(); return None
+        t0 = time.time()
+        try: r = fn()
+        except RuntimeError as e: r = _not_measured(e)
+        res["parts"][key] = r; res.setdefault("part_wall_s", {})[key] = time.time() - t0; save()
+        if dev.type == "cuda": torch.cuda.empty_cache()
+        return r
+    save()
+    part("matmul", lambda: matmul_tflops(matmul_n, device=device))
+    part("kernels", lambda: kernel_agreement(backends, device=device))
+    cfg = VisionConfig.preset(preset, num_frames=num_frames, img_size=img_size, drop_path=0.0)
+    holder = {}
+    def build():
+        torch.manual_seed(0); holder["m"] = VisionTransformer(cfg).to(dev)
+        return {"params": sum(p.numel() for p in holder["m"].parameters())}
+    if part("model", build) is None or "m" not in holder: return res
+    model = holder["m"]
+    sweep = lambda bs, b, mr, comp=False: backend_sweep(model, bs, preset, num_frames, img_size, b, steps, warmup, device, mr, comp)
+    runs = part("stage1_step", lambda: sweep(backends, batch, mask_ratio))
+    ok = {k: r for k, r in (runs or {}).items() if isinstance(r, dict)}
+    best = max(ok, key=lambda k: ok[k]["clips_per_s"]) if ok else "sdpa"
+    res["best_backend"] = best
+    bs = part("batch_sweep", lambda: {str(b): sweep([best], b, mask_ratio)[best] for b in batches})
+    part("unmasked_step", lambda: sweep(dict.fromkeys([best, "math"]), unmasked_batch, 0.0))
+    part("inference", lambda: inference_speedup(preset, num_frames, img_size, inference_batch, inference_repeats, 1, device, model=model))
+    ok_b = {int(b): r for b, r in (bs or {}).items() if isinstance(r, dict)}
+    best_b = max(ok_b, key=lambda b: ok_b[b]["clips_per_s"]) if ok_b else batch
+    if compile_model:       # plain SDPA inside torch.compile (PyTorch picks its kernel), at the sweep's best micro-batch
+        part("compiled_step", lambda: sweep(["sdpa"], best_b, mask_ratio, True)["sdpa"], need_s=120.0 if dev.type == "cuda" else 0.0)
+    return res
+
+def gpu_suite_main(argv: list[str] | None = None) -> int:
+    "Command line of `gpu_suite`."
+    p = argparse.ArgumentParser(prog="python -c 'from iv2.bench import gpu_suite_main; gpu_suite_main()'", description=gpu_suite.__doc__)
+    p.add_argument("--out", required=True); p.add_argument("--preset", default="1B"); p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=224); p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batches", default="8,16,32,64"); p.add_argument("--mask-ratio", type=float, default=0.8)
+    p.add_argument("--steps", type=int, default=10); p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--backends", default=",".join(GPU_BACKENDS)); p.add_argument("--unmasked-batch", type=int, default=4)
+    p.add_argument("--inference-batch", type=int, default=4); p.add_argument("--inference-repeats", type=int, default=5)
+    p.add_argument("--no-compile", action="store_true"); p.add_argument("--budget-s", type=float, default=420.0)
+    p.add_argument("--device", default="cuda"); p.add_argument("--commit", default=""); p.add_argument("--matmul-n", type=int, default=8192)
+    a = p.parse_args(argv)
+    r = gpu_suite(a.out, a.preset, a.num_frames, a.img_size, a.batch, [int(x) for x in a.batches.split(",")], a.mask_ratio, a.steps,
+                  a.warmup, a.backends.split(","), a.unmasked_batch, a.inference_batch, a.inference_repeats, not a.no_compile,
+                  a.budget_s, a.device, a.commit, a.matmul_n)
+    print(gpu_report(r))
+    return 0
+
+# %% ../nbs/15_bench.ipynb #f539d8a7
+def _steps_of(s: dict) -> list[dict]:
+    "Every timed training step result of a `gpu_suite` JSON (all parts)."
+    p = s.get("parts", {})
+    out = [r for part in ("stage1_step", "unmasked_step") if isinstance(p.get(part), dict) for r in p[part].values() if isinstance(r, dict)]
+    out += [r for r in (p.get("batch_sweep") or {}).values() if isinstance(r, dict)] if isinstance(p.get("batch_sweep"), dict) else []
+    return out + ([p["compiled_step"]] if isinstance(p.get("compiled_step"), dict) else [])
+
+def gpu_suite_metrics(s: dict | None) -> dict:
+    "The flat headline metrics of a `gpu_suite` JSON (None or a CPU run: every GPU metric 'not measured')."
+    if not s or s.get("env", {}).get("device_type") != "cuda":
+        m = gpu_metrics({"gpu": "not measured"})
+        m.update({k: "not measured" for k in ("gpu", "gpu_matmul_tflops", "gpu_mfu_goal_45", "gpu_best_batch", "gpu_mfu_compiled",
+                                              "gpu_inference_speedup_bf16_sdpa", "gpu_inference_speedup_bf16_sdpa_flash",
+                                              "gpu_inference_speedup_bf16_flash")})
+        return m
+    p = s["parts"]
+    m = {"gpu": s["env"]["device"], "gpu_commit": s.get("commit", ""), "gpu_date": s.get("date", "")}
+    m.update(gpu_metrics({"gpu": s["env"]["device"], "runs": p["stage1_step"] if isinstance(p.get("stage1_step"), dict) else {}}))
+    m["gpu_matmul_tflops"] = round(p["matmul"]["tflops"], 1) if isinstance(p.get("matmul"), dict) else "not measured"
+    mfus = [r["mfu"] for r in _steps_of(s) if r.get("mfu") is not None]
+    m["gpu_mfu_best"] = round(max(mfus), 4) if mfus else "not measured"
+    m["gpu_mfu_goal_45"] = ("met" if max(mfus) >= 0.45 else "not met") if mfus else "not measured"
+    bs = {b: r for b, r in (p.get("batch_sweep") or {}).items() if isinstance(r, dict)} if isinstance(p.get("batch_sweep"), dict) else {}
+    m["gpu_best_batch"] = int(max(bs, key=lambda b: bs[b]["clips_per_s"])) if bs else "not measured"
+    m["gpu_mfu_compiled"] = round(p["compiled_step"]["mfu"], 4) if isinstance(p.get("compiled_step"), dict) else "not measured"
+    inf = p.get("inference")
+    for k in ("bf16_sdpa", "bf16_sdpa_flash", "bf16_flash"):
+        v = inf["speedup_over_fp32_math"].get(k, "not measured") if isinstance(inf, dict) else "not measured"
+        m[f"gpu_inference_speedup_{k}"] = round(v, 3) if isinstance(v, float) else v
+    return m
+
+def gpu_report(s: dict | None) -> str:
+    "Markdown of a `gpu_suite` JSON: where and when it was measured, then one table per part."
+    if not s: return "GPU: **not measured** (no CUDA device here and no `gpu_results` file given)."
+    e, p, c = s["env"], s["parts"], s["config"]
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+    head = (f"Measured on **{e['device']}** ({(e['memory_gib'] or 0):.0f} GiB; torch {e['torch']}, CUDA {e['cuda']}) on {s['date']} at "
+            f"commit `{s.get('commit') or 'unknown'}`, {s.get('wall_s', 0):.0f} s in all. Data-sheet dense bf16 peak: "
+            f"{e['peak_bf16_tflops'] or 'unknown'} TFLOP/s (MFU is against this). TF32 matmuls: {e['tf32_matmul']}.")
+    mm = p.get("matmul")
+    parts = [head, f"**matmul** (bf16 {mm['n']}^3, random data): {mm['tflops']:.0f} TFLOP/s = {pct(mm['tflops'] / e['peak_bf16_tflops']) if e['peak_bf16_tflops'] else '—'} of the peak"
+             if isinstance(mm, dict) else f"**matmul**: {mm}"]
+    kg = p.get("kernels")
+    if isinstance(kg, dict):
+        parts.append(f"**kernels** on q, k, v of shape {kg['shape']} in bf16, max |difference| from the math path:\n\n| backend | max abs diff |\n|---|---|\n" +
+                     "\n".join(f"| {k} | {v if isinstance(v, str) else f'{v:.2e}'} |" for k, v in kg["max_abs_diff_vs_math"].items()))
+    for key, title in (("stage1_step", "**stage-1 step**, one set of weights, each attention backend"),
+                       ("unmasked_step", "**unmasked step** (every patch visible)")):
+        v = p.get(key)
+        parts.append(title + ":\n\n" + (gpu_table({"gpu": e["device"], "runs": v}) if isinstance(v, dict) else str(v)))
+    bs = p.get("batch_sweep")
+    if isinstance(bs, dict):
+        rows = [f"| {b} | {r['step_s_median']:.3f} | {r['clips_per_s']:.1f} | {r['clips_per_s'] * r['tokens_per_clip']:.3g} | {r['achieved_tflops']:.0f} | {pct(r['mfu'])} | {r['peak_memory_gib']:.1f} |"
+                if isinstance(r, dict) else f"| {b} | {r} | | | | | |" for b, r in bs.items()]
+        parts.append(f"**micro-batch sweep** with `{s.get('best_backend')}`:\n\n| micro-batch | median step (s) | clips / s | tokens / s | TFLOP/s | MFU | peak memory (GiB) |\n"
+                     "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    elif bs is not None: parts.append(f"**micro-batch sweep**: {bs}")
+    inf = p.get("inference")
+    if isinstance(inf, dict):
+        parts.append(f"**inference** (forward only, {inf['batch']} clips x {inf['frames']} frames x {inf['img_size']} px, every patch visible):\n\n"
+                     "| contender | median forward (s) | clips / s | speed-up over fp32 + math |\n|---|---|---|---|\n" +
+                     "\n".join(f"| {k} | {inf['summary'][k]['median_s']:.4f} | {inf['clips_per_s'][k]:.2f} | {inf['speedup_over_fp32_math'][k]:.2f}x |" for k in inf["summary"]) +
+                     "".join(f"\n| {k} | — | — | {v} |" for k, v in inf["skipped"].items()))
+    elif inf is not None: parts.append(f"**inference**: {inf}")
+    cs = p.get("compiled_step")
+    if isinstance(cs, dict):
+        parts.append(f"**torch.compile** (SDPA, micro-batch {cs['batch']}): {cs['step_s_median']:.3f} s per step, {cs['clips_per_s']:.1f} clips/s, "
+                     f"{cs['achieved_tflops']:.0f} TFLOP/s, MFU {pct(cs['mfu'])}; warm-up with compilation {cs['warmup_s']:.0f} s.")
+    elif cs is not None: parts.append(f"**torch.compile**: {cs}")
+    m = gpu_suite_metrics(s)
+    parts.append(f"**MFU goal (>= 45% for the ViT-{c['preset']} stage-1 step): {m['gpu_mfu_goal_45']}** (best MFU {m['gpu_mfu_best']}).")
+    return "\n\n".join(parts)
 
 # %% ../nbs/15_bench.ipynb #175c0e14
 def decode_throughput(manifest: str | os.PathLike, workers: tuple[int, ...] = (1, 2), num_frames: int = 8, size: int = 224,

@@ -19,10 +19,10 @@ except Exception:  # not installed, or built for another torch / CUDA
     _flash_attn_func = None
 
 # %% auto #0
-__all__ = ['Backend', 'VisionConfig', 'sincos_1d', 'sincos_3d_pos_embed', 'interpolate_pos_embed', 'RMSNorm', 'LayerScale',
-           'DropPath', 'flash_available', 'attention', 'Attention', 'Mlp', 'Block', 'PatchEmbed', 'CrossAttention',
-           'AttentionPool', 'visible_index', 'VisionTransformer', 'count_params', 'block_params', 'distill_head_params',
-           'flops_per_clip']
+__all__ = ['Backend', 'SDPA_KERNELS', 'BACKENDS', 'VisionConfig', 'sincos_1d', 'sincos_3d_pos_embed', 'interpolate_pos_embed',
+           'RMSNorm', 'LayerScale', 'DropPath', 'flash_available', 'attention', 'Attention', 'Mlp', 'Block',
+           'PatchEmbed', 'CrossAttention', 'AttentionPool', 'visible_index', 'VisionTransformer', 'count_params',
+           'block_params', 'distill_head_params', 'flops_per_clip']
 
 # %% ../../nbs/10_vit.ipynb #82e3a076
 @dataclass
@@ -49,7 +49,7 @@ class VisionConfig(Config):
     num_classes: int = 0           # 0: no fine-tuning head
     head_dropout: float = 0.0
     img_pos_embed: bool = False    # stage 2: a separate (1, N+1, C) `img_pos_embed` used for single images
-    attn_backend: Literal["auto", "sdpa", "flash", "math"] = "auto"
+    attn_backend: Literal["auto", "sdpa", "flash", "math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"] = "auto"
     grad_checkpointing: bool = False
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -169,7 +169,9 @@ class DropPath(nn.Module):
     def extra_repr(self) -> str: return f"p={self.p}"
 
 # %% ../../nbs/10_vit.ipynb #78ef2802
-Backend = Literal["auto", "sdpa", "flash", "math"]
+Backend = Literal["auto", "sdpa", "flash", "math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"]
+SDPA_KERNELS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION"}
+BACKENDS = ("auto", "sdpa", "flash", "math", *SDPA_KERNELS)
 
 def flash_available() -> bool:
     "Whether `flash_attn` imported."
@@ -185,11 +187,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Backen
             raise RuntimeError(f"attention: flash needs CUDA fp16/bf16 tensors, got {q.device} {q.dtype}")
         out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))    # (B, L, H, D) layout
         return out.transpose(1, 2)
-    if backend == "sdpa": return F.scaled_dot_product_attention(q, k, v)
+    if backend == "sdpa": return F.scaled_dot_product_attention(q, k, v)              # PyTorch picks the kernel
+    if backend in SDPA_KERNELS:                                                          # one named kernel of SDPA, or an error
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        try:
+            with sdpa_kernel(getattr(SDPBackend, SDPA_KERNELS[backend])):
+                return F.scaled_dot_product_attention(q, k, v)
+        except RuntimeError as e:
+            raise RuntimeError(f"attention: SDPA kernel {SDPA_KERNELS[backend]} (backend {backend!r}) cannot run "
+                               f"{q.device.type} {q.dtype} q{tuple(q.shape)}: {str(e).splitlines()[0]}") from e
     if backend == "math":
         scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)            # (B, H, Lq, Lk)
         return (scores.softmax(dim=-1) @ v.float()).to(v.dtype)
-    raise ValueError(f"attention: unknown backend {backend!r}; expected auto, sdpa, flash or math")
+    raise ValueError(f"attention: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 # %% ../../nbs/10_vit.ipynb #71fe1f89
 class Attention(nn.Module):
@@ -340,7 +350,7 @@ class VisionTransformer(nn.Module):
 
     def set_attn_backend(self, backend: Backend):
         "Switch every attention (blocks and pool) to `backend`; the weights are unchanged."
-        if backend not in ("auto", "sdpa", "flash", "math"): raise ValueError(f"unknown attention backend {backend!r}")
+        if backend not in BACKENDS: raise ValueError(f"unknown attention backend {backend!r}")
         for m in self.modules():
             if isinstance(m, (Attention, CrossAttention)): m.backend = backend
 
