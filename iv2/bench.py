@@ -238,18 +238,18 @@ def _check_model(model: VisionTransformer, cfg: VisionConfig):
 def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 4, steps: int = 10,
                              warmup: int = 3, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, backend: str = "auto",
                              mask_ratio: float = 0.0, seed: int = 0, model: VisionTransformer | None = None,
-                             compile_model: bool = False) -> dict:
+                             compile_model: bool = False, compile_mode: str = "default") -> dict:
     """Time `steps` training steps (forward + backward + AdamW) of `preset` at `dtype` (autocast) with attention `backend`;
     `mask_ratio` > 0 keeps that share of each frame's patches out (stage 1). `model` reuses weights already on the
     device (its backend is switched); `compile_model` times the `torch.compile`d model (the warm-up, compilation
-    included, is reported as `warmup_s`). Returns clips/s, TFLOP/s and MFU (None when the device's peak is not known)."""
+    included, is reported as `warmup_s`) with `torch.compile`'s `compile_mode`. Returns clips/s, TFLOP/s and MFU (None when the device's peak is not known)."""
     cfg = VisionConfig.preset(preset, num_frames=num_frames, img_size=img_size, drop_path=0.0, attn_backend=backend)
     dev = torch.device(device)
     if model is None:
         torch.manual_seed(seed); model = VisionTransformer(cfg).to(dev)
     else: _check_model(model, cfg)
     model.set_attn_backend(backend); model.train()
-    run = torch.compile(model) if compile_model else model
+    run = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_model else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.type == "cuda")
     video = torch.randn(batch, 3, num_frames, img_size, img_size, device=dev)
     K = visible_per_frame(cfg, mask_ratio)
@@ -275,7 +275,7 @@ def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: 
     peak = peak_tflops(name) if dev.type == "cuda" else None
     achieved = flops / med / 1e12
     return {"preset": preset, "params": sum(p.numel() for p in model.parameters()), "device": name, "dtype": str(dtype).split(".")[-1],
-            "backend": backend, "compiled": compile_model, "batch": batch, "frames": num_frames, "img_size": img_size,
+            "backend": backend, "compiled": compile_mode if compile_model else False, "batch": batch, "frames": num_frames, "img_size": img_size,
             "mask_ratio": mask_ratio, "tokens_per_clip": tokens_per_clip(cfg, K if mask_ratio > 0 else None), "steps": steps,
             "warmup_s": warmup_s, "step_s_median": med, "step_times_s": times, "clips_per_s": batch / med, "flops_per_step": flops,
             "achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
@@ -285,14 +285,14 @@ def _not_measured(e: BaseException) -> str:
     return f"not measured: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
 
 def backend_sweep(model: VisionTransformer, backends: Sequence[str], preset: str, num_frames: int, img_size: int, batch: int,
-                  steps: int, warmup: int, device: str, mask_ratio: float, compile_model: bool = False) -> dict:
+                  steps: int, warmup: int, device: str, mask_ratio: float, compile_model: bool = False, compile_mode: str = "default") -> dict:
     "`training_step_throughput` of one model (bf16) with each attention backend; a backend that cannot run is a 'not measured' line."
     from iv2.encoders.vit import flash_available
     runs = {}
     for b in backends:
         if b == "flash" and not flash_available(): runs[b] = "not measured: flash_attn is not installed"; continue
         try: runs[b] = training_step_throughput(preset, num_frames, img_size, batch, steps, warmup, device, torch.bfloat16, b,
-                                                mask_ratio, model=model, compile_model=compile_model)
+                                                mask_ratio, model=model, compile_model=compile_model, compile_mode=compile_mode)
         except RuntimeError as e: runs[b] = _not_measured(e)     # torch.cuda.OutOfMemoryError is a RuntimeError too
         if torch.device(device).type == "cuda": torch.cuda.empty_cache()
     return runs
@@ -437,10 +437,12 @@ def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_fram
               batches: Sequence[int] = (8, 16, 32, 64), mask_ratio: float = 0.8, steps: int = 10, warmup: int = 3,
               backends: Sequence[str] = GPU_BACKENDS, unmasked_batch: int = 4, inference_batch: int = 4, inference_repeats: int = 5,
               compile_model: bool = True, budget_s: float = 420.0, device: str = "cuda", commit: str = "",
-              matmul_n: int = 8192) -> dict:
+              matmul_n: int = 8192, parts: Sequence[str] | None = None,
+              compile_runs: Sequence[tuple[str, int | None]] = (("default", None),)) -> dict:
     """Issue 9's GPU measurements in one process (see the list above); the JSON is rewritten at `out` after every part.
     A part that would start after `budget_s` seconds, or that fails (out of memory, a refused kernel), is a
-    'not measured: ...' line in place of its numbers."""
+    'not measured: ...' line in place of its numbers. `parts` (default: all) names the parts to run; `compile_runs`
+    lists the compiled steps as (torch.compile mode, micro-batch or None for the sweep's best)."""
     t_start, dev = time.time(), torch.device(device)
     name = _device_name(dev)
     res = {"kind": "iv2.bench.gpu_suite", "commit": commit, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -452,7 +454,8 @@ def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_fram
            "config": {"preset": preset, "num_frames": num_frames, "img_size": img_size, "batch": batch, "batches": list(batches),
                       "mask_ratio": mask_ratio, "steps": steps, "warmup": warmup, "backends": list(backends),
                       "unmasked_batch": unmasked_batch, "inference_batch": inference_batch, "inference_repeats": inference_repeats,
-                      "compile_model": compile_model, "budget_s": budget_s},
+                      "compile_model": compile_model, "compile_runs": [list(r) for r in compile_runs], "budget_s": budget_s,
+                      "parts": list(parts) if parts else "all"},
            "parts": {}}
     def save():
         res["wall_s"] = time.time() - t_start
@@ -461,6 +464,7 @@ def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_fram
             with open(tmp, "w") as f: json.dump(res, f, indent=1, default=_json_default)
             os.replace(tmp, out)
     def part(key: str, fn: Callable[[], Any], need_s: float = 0.0):
+        if parts and key.split(":")[0] not in parts and key != "model": return None
         if time.time() - t_start + need_s > budget_s:
             res["parts"][key] = f"not measured: the time budget of {budget_s:.0f} s would be spent"; save(); return None
         t0 = time.time()
@@ -489,8 +493,11 @@ def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_fram
     part("inference", lambda: inference_speedup(preset, num_frames, img_size, inference_batch, inference_repeats, 1, device, model=model))
     ok_b = {int(b): r for b, r in (bs or {}).items() if isinstance(r, dict)}
     best_b = max(ok_b, key=lambda b: ok_b[b]["clips_per_s"]) if ok_b else batch
-    if compile_model:       # plain SDPA inside torch.compile (PyTorch picks its kernel), at the sweep's best micro-batch
-        part("compiled_step", lambda: sweep(["sdpa"], best_b, mask_ratio, True)["sdpa"], need_s=120.0 if dev.type == "cuda" else 0.0)
+    for mode, b in (compile_runs if compile_model else ()):   # plain SDPA inside torch.compile (PyTorch picks its kernel)
+        b = b or best_b                                        # None: the sweep's best micro-batch
+        key = "compiled_step" if (mode, b) == ("default", best_b) else f"compiled_step:{mode}:b{b}"
+        part(key, lambda: backend_sweep(model, ["sdpa"], preset, num_frames, img_size, b, steps, warmup, device, mask_ratio, True, mode)["sdpa"],
+             need_s=120.0 if dev.type == "cuda" else 0.0)
     return res
 
 def gpu_suite_main(argv: list[str] | None = None) -> int:
@@ -503,11 +510,14 @@ def gpu_suite_main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default=",".join(GPU_BACKENDS)); p.add_argument("--unmasked-batch", type=int, default=4)
     p.add_argument("--inference-batch", type=int, default=4); p.add_argument("--inference-repeats", type=int, default=5)
     p.add_argument("--no-compile", action="store_true"); p.add_argument("--budget-s", type=float, default=420.0)
+    p.add_argument("--parts", default="", help="comma-separated parts to run (default: all)")
+    p.add_argument("--compile-runs", default="default@best", help="comma-separated MODE@BATCH (BATCH 'best': the sweep's best)")
     p.add_argument("--device", default="cuda"); p.add_argument("--commit", default=""); p.add_argument("--matmul-n", type=int, default=8192)
     a = p.parse_args(argv)
     r = gpu_suite(a.out, a.preset, a.num_frames, a.img_size, a.batch, [int(x) for x in a.batches.split(",")], a.mask_ratio, a.steps,
                   a.warmup, a.backends.split(","), a.unmasked_batch, a.inference_batch, a.inference_repeats, not a.no_compile,
-                  a.budget_s, a.device, a.commit, a.matmul_n)
+                  a.budget_s, a.device, a.commit, a.matmul_n, [x for x in a.parts.split(",") if x] or None,
+                  [(m, None if b == "best" else int(b)) for m, b in (r.split("@") for r in a.compile_runs.split(","))])
     print(gpu_report(r))
     return 0
 
@@ -517,7 +527,7 @@ def _steps_of(s: dict) -> list[dict]:
     p = s.get("parts", {})
     out = [r for part in ("stage1_step", "unmasked_step") if isinstance(p.get(part), dict) for r in p[part].values() if isinstance(r, dict)]
     out += [r for r in (p.get("batch_sweep") or {}).values() if isinstance(r, dict)] if isinstance(p.get("batch_sweep"), dict) else []
-    return out + ([p["compiled_step"]] if isinstance(p.get("compiled_step"), dict) else [])
+    return out + [r for k, r in p.items() if k.startswith("compiled_step") and isinstance(r, dict)]
 
 def gpu_suite_metrics(s: dict | None) -> dict:
     "The flat headline metrics of a `gpu_suite` JSON (None or a CPU run: every GPU metric 'not measured')."
@@ -536,7 +546,8 @@ def gpu_suite_metrics(s: dict | None) -> dict:
     m["gpu_mfu_goal_45"] = ("met" if max(mfus) >= 0.45 else "not met") if mfus else "not measured"
     bs = {b: r for b, r in (p.get("batch_sweep") or {}).items() if isinstance(r, dict)} if isinstance(p.get("batch_sweep"), dict) else {}
     m["gpu_best_batch"] = int(max(bs, key=lambda b: bs[b]["clips_per_s"])) if bs else "not measured"
-    m["gpu_mfu_compiled"] = round(p["compiled_step"]["mfu"], 4) if isinstance(p.get("compiled_step"), dict) else "not measured"
+    cm = [r["mfu"] for k, r in p.items() if k.startswith("compiled_step") and isinstance(r, dict) and r.get("mfu") is not None]
+    m["gpu_mfu_compiled"] = round(max(cm), 4) if cm else "not measured"
     inf = p.get("inference")
     for k in ("bf16_sdpa", "bf16_sdpa_flash", "bf16_flash"):
         v = inf["speedup_over_fp32_math"].get(k, "not measured") if isinstance(inf, dict) else "not measured"
@@ -576,11 +587,13 @@ def gpu_report(s: dict | None) -> str:
                      "\n".join(f"| {k} | {inf['summary'][k]['median_s']:.4f} | {inf['clips_per_s'][k]:.2f} | {inf['speedup_over_fp32_math'][k]:.2f}x |" for k in inf["summary"]) +
                      "".join(f"\n| {k} | — | — | {v} |" for k, v in inf["skipped"].items()))
     elif inf is not None: parts.append(f"**inference**: {inf}")
-    cs = p.get("compiled_step")
-    if isinstance(cs, dict):
-        parts.append(f"**torch.compile** (SDPA, micro-batch {cs['batch']}): {cs['step_s_median']:.3f} s per step, {cs['clips_per_s']:.1f} clips/s, "
-                     f"{cs['achieved_tflops']:.0f} TFLOP/s, MFU {pct(cs['mfu'])}; warm-up with compilation {cs['warmup_s']:.0f} s.")
-    elif cs is not None: parts.append(f"**torch.compile**: {cs}")
+    for key, cs in p.items():
+        if not key.startswith("compiled_step"): continue
+        if isinstance(cs, dict):
+            parts.append(f"**torch.compile** (mode {cs['compiled']}, SDPA, micro-batch {cs['batch']}): {cs['step_s_median']:.3f} s per step, "
+                         f"{cs['clips_per_s']:.1f} clips/s, {cs['achieved_tflops']:.0f} TFLOP/s, MFU {pct(cs['mfu'])}, peak memory "
+                         f"{cs['peak_memory_gib']:.0f} GiB; warm-up with compilation {cs['warmup_s']:.0f} s.")
+        else: parts.append(f"**torch.compile** ({key}): {cs}")
     m = gpu_suite_metrics(s)
     parts.append(f"**MFU goal (>= 45% for the ViT-{c['preset']} stage-1 step): {m['gpu_mfu_goal_45']}** (best MFU {m['gpu_mfu_best']}).")
     return "\n\n".join(parts)
