@@ -18,7 +18,7 @@ __all__ = ['PEAK_BF16_TFLOPS', 'GPU_BACKENDS', 'interleaved_times', 'summarize',
            'run_benchmark', 'main', 'peak_tflops', 'training_step_throughput', 'backend_sweep', 'gpu_benchmark',
            'flash_kernel', 'gpu_metrics', 'gpu_table', 'vit_step_flops', 'patch_embed_flops', 'mfu', 'step_metrics',
            'inference_speedup', 'matmul_tflops', 'kernel_agreement', 'gpu_suite', 'gpu_suite_main', 'gpu_suite_metrics',
-           'gpu_report', 'decode_throughput', 'feed_verdict']
+           'gpu_report', 'merge_gpu_suites', 'load_gpu_results', 'decode_throughput', 'feed_verdict']
 
 # %% ../nbs/15_bench.ipynb #a29b4e69
 def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
@@ -562,6 +562,9 @@ def gpu_report(s: dict | None) -> str:
     head = (f"Measured on **{e['device']}** ({(e['memory_gib'] or 0):.0f} GiB; torch {e['torch']}, CUDA {e['cuda']}) on {s['date']} at "
             f"commit `{s.get('commit') or 'unknown'}`, {s.get('wall_s', 0):.0f} s in all. Data-sheet dense bf16 peak: "
             f"{e['peak_bf16_tflops'] or 'unknown'} TFLOP/s (MFU is against this). TF32 matmuls: {e['tf32_matmul']}.")
+    if len(s.get("sources", [])) > 1:
+        head += "\n\nRuns merged here: " + "; ".join(f"run {r['run']}: commit `{(r['commit'] or 'unknown')[:10]}`, {r['date']}, "
+                                                  f"{r['wall_s'] or 0:.0f} s, parts {', '.join(r['parts'])}" for r in s["sources"]) + "."
     mm = p.get("matmul")
     parts = [head, f"**matmul** (bf16 {mm['n']}^3, random data): {mm['tflops']:.0f} TFLOP/s = {pct(mm['tflops'] / e['peak_bf16_tflops']) if e['peak_bf16_tflops'] else '—'} of the peak"
              if isinstance(mm, dict) else f"**matmul**: {mm}"]
@@ -590,13 +593,50 @@ def gpu_report(s: dict | None) -> str:
     for key, cs in p.items():
         if not key.startswith("compiled_step"): continue
         if isinstance(cs, dict):
-            parts.append(f"**torch.compile** (mode {cs['compiled']}, SDPA, micro-batch {cs['batch']}): {cs['step_s_median']:.3f} s per step, "
+            parts.append(f"**torch.compile** (mode {cs['compiled'] if isinstance(cs['compiled'], str) else 'default'}, SDPA, micro-batch {cs['batch']}): {cs['step_s_median']:.3f} s per step, "
                          f"{cs['clips_per_s']:.1f} clips/s, {cs['achieved_tflops']:.0f} TFLOP/s, MFU {pct(cs['mfu'])}, peak memory "
                          f"{cs['peak_memory_gib']:.0f} GiB; warm-up with compilation {cs['warmup_s']:.0f} s.")
         else: parts.append(f"**torch.compile** ({key}): {cs}")
     m = gpu_suite_metrics(s)
     parts.append(f"**MFU goal (>= 45% for the ViT-{c['preset']} stage-1 step): {m['gpu_mfu_goal_45']}** (best MFU {m['gpu_mfu_best']}).")
     return "\n\n".join(parts)
+
+# %% ../nbs/15_bench.ipynb #68e96e92
+def merge_gpu_suites(results: Sequence[dict]) -> dict | None:
+    """One `gpu_suite` result from several runs on the same kind of GPU (a first full run, then a later run of a few
+    parts): the first run's environment and parts, then each later run's parts (a part already there is kept under
+    `<part>@run<i>`); `sources` lists every run's commit, date, wall time and parts."""
+    results = [r for r in results if r]
+    if not results: return None
+    devs = {r["env"]["device"] for r in results}
+    if len(devs) > 1: raise ValueError(f"merge_gpu_suites: results from different devices {sorted(devs)}; render them separately")
+    out = {**results[0], "parts": dict(results[0]["parts"]), "sources": []}
+    for i, r in enumerate(results, 1):
+        out["sources"].append({"run": i, "commit": r.get("commit", ""), "date": r.get("date", ""), "wall_s": r.get("wall_s"),
+                               "parts": [k for k in r["parts"] if k != "model"]})
+        if i == 1: continue
+        for k, v in r["parts"].items():
+            if k == "model": continue
+            out["parts"][k if k not in out["parts"] else f"{k}@run{i}"] = v
+    out["wall_s"] = sum(r.get("wall_s") or 0 for r in results)
+    return out
+
+def load_gpu_results(spec: str, root: str | os.PathLike = ".") -> dict | None:
+    """`gpu_suite` JSON files merged: `spec` "" -> None; "auto" -> every `reports/gpu/*.json` under `root` (by name);
+    otherwise comma-separated paths (relative to `root`). A named file that is missing is an error."""
+    from pathlib import Path
+    if not spec: return None
+    if spec == "auto": paths = sorted((Path(root) / "reports" / "gpu").glob("*.json"))
+    else:
+        paths = [Path(root) / p.strip() if not os.path.isabs(p.strip()) else Path(p.strip()) for p in spec.split(",") if p.strip()]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing: raise FileNotFoundError(f"gpu_results: no such file(s) {missing}")
+    results = []
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        if r.get("kind") != "iv2.bench.gpu_suite": raise ValueError(f"gpu_results: {p} is not a gpu_suite result (kind {r.get('kind')!r})")
+        results.append(r)
+    return merge_gpu_suites(results)
 
 # %% ../nbs/15_bench.ipynb #175c0e14
 def decode_throughput(manifest: str | os.PathLike, workers: tuple[int, ...] = (1, 2), num_frames: int = 8, size: int = 224,
