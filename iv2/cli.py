@@ -5,8 +5,7 @@
 # %% ../nbs/70_cli.ipynb #dd26f14e
 from __future__ import annotations
 import argparse, sys
-from pathlib import Path
-from .reports import RunError, build_index, parse_param, render_all, render_report, run_notebook
+from .reports import RenderError, RunError, build_index, parse_param, render_all, render_report, run_notebook
 
 # %% auto #0
 __all__ = ['parser', 'main']
@@ -97,6 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `iv2` console script."
     a = parser().parse_args(argv)
     try: a.fn(a)
-    except (RunError, FileNotFoundError, ValueError) as e:
+    except (RunError, RenderError, FileNotFoundError, ValueError) as e:
         print(f"iv2 {a.cmd}: error: {e}", file=sys.stderr); return 1
     return 0

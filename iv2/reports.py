@@ -12,8 +12,8 @@ from .config import atomic_write_text, project_root, runs_dir, reports_dir
 
 # %% auto #0
 __all__ = ['PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError',
-           'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'render_report', 'build_index',
-           'render_all']
+           'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'render_report', 'report_set',
+           'build_index', 'RenderError', 'render_all']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -203,8 +203,21 @@ def _index_rows(reps: list[dict]) -> list[dict]:
                      "metrics": "; ".join(f"{k}={fmt(v)}" for k, v in scalars[:6]), "command": str(r.get("command", ""))})
     return rows
 
+def _set_meta(folder: Path) -> dict:
+    "The title and note of a report set (`set.json` in its folder), or defaults."
+    p = folder / "set.json"
+    return {"title": "iv2 reports", "note": "", **(json.loads(p.read_text()) if p.exists() else {})}
+
+def report_set(folder: str | os.PathLike, title: str, note: str = "") -> Path:
+    """Mark `folder` (under `reports/`) as a named set of reports with its own index: e.g. the reports of an earlier
+    scale kept beside the current reproduction. `build_index` of the parent lists it under "Other report sets"."""
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "set.json", json.dumps({"title": title, "note": note}, indent=1))
+    return build_index(folder)
+
 def build_index(reports_root: str | os.PathLike | None = None) -> Path:
-    "Rewrite `index.html` and `README.md` of the reports folder from its `*.json` sidecars."
+    """Rewrite `index.html` and `README.md` of the reports folder from its `*.json` sidecars; sub-folders that are
+    report sets (`report_set`) are listed after the table, and a set links back to its parent's index."""
     out = Path(reports_root) if reports_root is not None else reports_dir()
     reps = []
     for p in sorted(out.glob("*.json")):
@@ -212,26 +225,38 @@ def build_index(reports_root: str | os.PathLike | None = None) -> Path:
         except json.JSONDecodeError: continue
         if isinstance(r, dict) and "report_html" in r: reps.append(r)
     rows = _index_rows(reps)
+    meta = _set_meta(out)
+    sets = [(d.name, _set_meta(d)) for d in sorted(out.iterdir()) if d.is_dir() and (d / "set.json").exists()]
+    parent = (out / ".." / "index.html").exists() and (out / "set.json").exists()
     cols = ("date", "commit", "hardware", "wall", "scale", "metrics")
     heads = ("date", "commit", "hardware", "wall time (s)", "scale", "headline metrics")
-    md = ["# iv2 reports", "", "Rendered by `iv2.reports.build_index` from the JSON sidecars; open `index.html` in a browser.",
-          "Numbers are this project's own, measured at the scale stated; each report puts the paper's numbers beside them as labelled reference.", "",
-          "| report | " + " | ".join(heads) + " | rerun |", "|---" * (len(heads) + 2) + "|"]
+    md = [f"# {meta['title']}", "", "Rendered by `iv2.reports.build_index` from the JSON sidecars; open `index.html` in a browser.",
+          "Numbers are this project's own, measured at the scale stated; each report puts the paper's numbers beside them as labelled reference."]
+    md += ["", meta["note"]] if meta["note"] else []
+    md += ["", "| report | " + " | ".join(heads) + " | rerun |", "|---" * (len(heads) + 2) + "|"]
     md += [f"| [{r['name']}]({r['html']}) | " + " | ".join(r[c].replace("|", "/") for c in cols) + f" | `{r['command']}` |" for r in rows]
+    if sets: md += ["", "## Other report sets", ""] + [f"- [{m['title']}]({n}/index.html): {m['note']}" for n, m in sets]
+    if parent: md += ["", "[All report sets](../index.html)"]
     esc = html.escape
     trs = "".join(f"<tr><td><a href='{esc(r['html'])}'>{esc(r['name'])}</a></td>" + "".join(f"<td>{esc(r[c])}</td>" for c in cols)
                   + f"<td><code>{esc(r['command'])}</code></td></tr>" for r in rows)
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>iv2 reports</title><style>body{font-family:sans-serif;margin:2em}"
+    extra = ("<h2>Other report sets</h2><ul>" + "".join(f"<li><a class='set' href='{esc(n)}/index.html'>{esc(m['title'])}</a>: {esc(m['note'])}</li>"
+                                                        for n, m in sets) + "</ul>") if sets else ""
+    extra += "<p><a class='set' href='../index.html'>All report sets</a></p>" if parent else ""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(meta['title'])}</title><style>body{{font-family:sans-serif;margin:2em}}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-            "code{font-size:0.85em}</style></head><body><h1>iv2 reports</h1>"
+            f"code{{font-size:0.85em}}</style></head><body><h1>{esc(meta['title'])}</h1>"
             "<p>Every report of this checkout, in the order of the pipeline. Numbers are this project's own, measured at the scale "
             "stated; each report puts the paper's numbers beside them as labelled reference. Click a report for its plots, "
-            "configuration and the command that reruns it.</p>"
-            "<table><tr><th>report</th>" + "".join(f"<th>{h}</th>" for h in heads) + f"<th>rerun</th></tr>{trs}</table></body></html>")
+            "configuration and the command that reruns it.</p>" + (f"<p>{esc(meta['note'])}</p>" if meta["note"] else "") +
+            "<table><tr><th>report</th>" + "".join(f"<th>{h}</th>" for h in heads) + f"<th>rerun</th></tr>{trs}</table>{extra}</body></html>")
     atomic_write_text(out / "README.md", "\n".join(md) + "\n")
     return atomic_write_text(out / "index.html", page)
 
 # %% ../nbs/60_reports.ipynb #b184ec5f
+class RenderError(RuntimeError):
+    "Some runs could not be rendered; the message names each run and why."
+
 def render_all(runs_root: str | os.PathLike | None = None, reports_root: str | os.PathLike | None = None,
                names: Sequence[str] | None = None, progress: bool = True) -> list[dict]:
     "Re-render the newest finished run of each report name (or of `names`) under `runs_root` into `reports_root`."
@@ -253,5 +278,5 @@ def render_all(runs_root: str | os.PathLike | None = None, reports_root: str | o
         try: reps.append(render_report(d, reports_root))
         except (OSError, ValueError, KeyError) as e: errors.append(f"{d}: {type(e).__name__}: {e}")
     build_index(reports_root)
-    if errors: raise RuntimeError(f"{len(errors)} of {len(newest)} runs could not be rendered:\n" + "\n".join(errors))
+    if errors: raise RenderError(f"{len(errors)} of {len(newest)} runs could not be rendered:\n" + "\n".join(errors))
     return reps
