@@ -238,44 +238,67 @@ def _check_model(model: VisionTransformer, cfg: VisionConfig):
 def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 4, steps: int = 10,
                              warmup: int = 3, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, backend: str = "auto",
                              mask_ratio: float = 0.0, seed: int = 0, model: VisionTransformer | None = None,
-                             compile_model: bool = False, compile_mode: str = "default") -> dict:
+                             compile_model: bool = False, compile_mode: str = "default", zero_stage: int | None = None) -> dict:
     """Time `steps` training steps (forward + backward + AdamW) of `preset` at `dtype` (autocast) with attention `backend`;
     `mask_ratio` > 0 keeps that share of each frame's patches out (stage 1). `model` reuses weights already on the
     device (its backend is switched); `compile_model` times the `torch.compile`d model (the warm-up, compilation
-    included, is reported as `warmup_s`) with `torch.compile`'s `compile_mode`. Returns clips/s, TFLOP/s and MFU (None when the device's peak is not known)."""
+    included, is reported as `warmup_s`) with `torch.compile`'s `compile_mode`. `zero_stage` 0-3 runs the step through
+    DeepSpeed (`deepspeed.initialize` with that ZeRO stage on the ranks of this process group, one rank in-process;
+    bf16 then means DeepSpeed's bf16 mode: bf16 weights, fp32 master copy) on a fresh model. Returns clips/s, TFLOP/s and MFU (None when the device's peak is not known)."""
     cfg = VisionConfig.preset(preset, num_frames=num_frames, img_size=img_size, drop_path=0.0, attn_backend=backend)
     dev = torch.device(device)
+    if zero_stage is not None and (model is not None or compile_model):
+        raise ValueError("training_step_throughput: zero_stage runs a fresh model through DeepSpeed (no `model`, no compile_model)")
     if model is None:
         torch.manual_seed(seed); model = VisionTransformer(cfg).to(dev)
     else: _check_model(model, cfg)
     model.set_attn_backend(backend); model.train()
-    run = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_model else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.type == "cuda")
+    n_params = sum(p.numel() for p in model.parameters())                  # before ZeRO-3 partitions them
     video = torch.randn(batch, 3, num_frames, img_size, img_size, device=dev)
     K = visible_per_frame(cfg, mask_ratio)
     visible = random_visible(batch, cfg.t_tokens, cfg.tokens_per_frame, K, seed).to(dev) if mask_ratio > 0 else None
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = run(video, visible=visible, pool=False)["tokens"].float().square().mean()
-        loss.backward(); opt.step()
+    if zero_stage is None:
+        run = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_model else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.type == "cuda")
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = run(video, visible=visible, pool=False)["tokens"].float().square().mean()
+            loss.backward(); opt.step()
+        cleanup = lambda: (opt.zero_grad(set_to_none=True), opt.state.clear())    # free the AdamW moments before the next run
+    else:
+        import logging
+        from iv2.engine import EngineConfig, ds_config, _setup_deepspeed_env
+        _setup_deepspeed_env()
+        import deepspeed
+        from deepspeed.utils import logger as ds_logger
+        ds_logger.setLevel(logging.WARNING)
+        if not torch.distributed.is_initialized(): deepspeed.init_distributed(dist_backend="nccl" if dev.type == "cuda" else "gloo")
+        ec = EngineConfig(backend="deepspeed", zero_stage=zero_stage, precision="bf16" if dtype == torch.bfloat16 else "fp32",
+                          micro_batch=batch, grad_clip=0.0)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5),
+                                          config=ds_config(ec, torch.distributed.get_world_size()))
+        if ec.precision == "bf16": video = video.bfloat16()
+        def step():
+            loss = engine(video, visible=visible, pool=False)["tokens"].float().square().mean()
+            engine.backward(loss); engine.step()
+        cleanup = engine.destroy
     try:
         t_w = time.perf_counter()
         for _ in range(warmup): step()
         sync(); warmup_s = time.perf_counter() - t_w; times = []
         for _ in range(steps):
             t0 = time.perf_counter(); step(); sync(); times.append(time.perf_counter() - t0)
-    finally:
-        opt.zero_grad(set_to_none=True); opt.state.clear()     # free the AdamW moments before the next backend
+    finally: cleanup()
     med = statistics.median(times)
     flops = 3 * flops_per_clip(cfg, visible_per_frame=K if mask_ratio > 0 else None, with_pool=False) * batch
     name = _device_name(dev)
     peak = peak_tflops(name) if dev.type == "cuda" else None
     achieved = flops / med / 1e12
-    return {"preset": preset, "params": sum(p.numel() for p in model.parameters()), "device": name, "dtype": str(dtype).split(".")[-1],
-            "backend": backend, "compiled": compile_mode if compile_model else False, "batch": batch, "frames": num_frames, "img_size": img_size,
+    return {"preset": preset, "params": n_params, "device": name, "dtype": str(dtype).split(".")[-1],
+            "backend": backend, "compiled": compile_mode if compile_model else False, "zero_stage": zero_stage, "batch": batch, "frames": num_frames, "img_size": img_size,
             "mask_ratio": mask_ratio, "tokens_per_clip": tokens_per_clip(cfg, K if mask_ratio > 0 else None), "steps": steps,
             "warmup_s": warmup_s, "step_s_median": med, "step_times_s": times, "clips_per_s": batch / med, "flops_per_step": flops,
             "achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
