@@ -12,8 +12,8 @@ from .config import atomic_write_text, project_root, runs_dir, reports_dir
 
 # %% auto #0
 __all__ = ['PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError',
-           'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'render_report', 'report_set',
-           'build_index', 'RenderError', 'render_all']
+           'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'papermill_command',
+           'render_report', 'report_set', 'build_index', 'RenderError', 'render_all']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -144,6 +144,12 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     return render_report(run_dir, reports_root)
 
 # %% ../nbs/60_reports.ipynb #da294d7e
+def papermill_command(rep: dict) -> str:
+    "The bare papermill call equivalent to a report's `iv2 run` command (its notebook, parameters and `-k python3`)."
+    ps = " ".join(f"-p {k} {shlex.quote(str(v))}" for k, v in rep.get("params", {}).items() if k != "run_dir")
+    nb = rep["notebook"]
+    return f"papermill {shlex.quote(nb)} {shlex.quote('runs/' + rep['name'] + '-papermill.ipynb')} -k python3 {ps}".strip()
+
 def _run_card(rep: dict) -> str:
     hw = rep.get("hardware", {})
     rows = [("run", rep.get("run_dir")), ("git commit", f"{rep.get('git_commit')}" + (" (with uncommitted changes)" if rep.get("git_dirty") else "")),
@@ -153,6 +159,9 @@ def _run_card(rep: dict) -> str:
             ("scale", ", ".join(f"{k}: {v}" for k, v in rep.get("scale", {}).items()) or "—")]
     md = [f"# Report: {rep['name']}", "", "| | |", "|---|---|"] + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows]
     md += ["", "Rerun it with:", "", f"```\n{rep.get('command')}\n```"]
+    if rep.get("notebook"):
+        md += ["", "which executes the notebook through papermill, records `run.json` and renders this report; the bare papermill "
+               "call (it executes the notebook into a new `runs/` folder, without the report) is:", "", f"```\n{papermill_command(rep)}\n```"]
     if rep.get("metrics"):
         md += ["", "**Headline metrics**", "", "| metric | value |", "|---|---|"]
         md += [f"| {k} | {v} |" for k, v in rep["metrics"].items()]
