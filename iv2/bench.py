@@ -260,14 +260,17 @@ def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
     if zero_stage is None:
-        run = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_model else model
+        if compile_model: torch._dynamo.reset()              # a fresh, static-shape graph: not one traced for an earlier batch
+        run = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, dynamic=False) if compile_model else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.type == "cuda")
         def step():
             opt.zero_grad(set_to_none=True)
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = run(video, visible=visible, pool=False)["tokens"].float().square().mean()
             loss.backward(); opt.step()
-        cleanup = lambda: (opt.zero_grad(set_to_none=True), opt.state.clear())    # free the AdamW moments before the next run
+        def cleanup():                                          # free the AdamW moments (and compiled graphs) before the next run
+            opt.zero_grad(set_to_none=True); opt.state.clear()
+            if compile_model: torch._dynamo.reset()
     else:
         import logging
         from iv2.engine import EngineConfig, ds_config, _setup_deepspeed_env
@@ -278,7 +281,7 @@ def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: 
         if not torch.distributed.is_initialized(): deepspeed.init_distributed(dist_backend="nccl" if dev.type == "cuda" else "gloo")
         ec = EngineConfig(backend="deepspeed", zero_stage=zero_stage, precision="bf16" if dtype == torch.bfloat16 else "fp32",
                           micro_batch=batch, grad_clip=0.0)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5),
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.type == "cuda"),
                                           config=ds_config(ec, torch.distributed.get_world_size()))
         if ec.precision == "bf16": video = video.bfloat16()
         def step():
@@ -305,7 +308,7 @@ def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: 
             "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
 
 def _not_measured(e: BaseException) -> str:
-    return f"not measured: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    return f"not measured: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}".replace("|", "/")
 
 def backend_sweep(model: VisionTransformer, backends: Sequence[str], preset: str, num_frames: int, img_size: int, batch: int,
                   steps: int, warmup: int, device: str, mask_ratio: float, compile_model: bool = False, compile_mode: str = "default") -> dict:
@@ -357,7 +360,8 @@ def gpu_table(g: dict) -> str:
     if not runs: return f"GPU training step: **not measured** ({g.get('reason', 'no run')})."
     r0 = next(iter(runs.values()))
     pct = lambda m: "—" if m is None else f"{100 * m:.1f}%"
-    rows = [f"| {k} | {r['step_s_median']:.3f} | {r['clips_per_s']:.2f} | {r['achieved_tflops']:.1f} | {pct(r['mfu'])} | {r['peak_memory_gib']:.1f} |"
+    gib = lambda m: "—" if m is None else f"{m:.1f}"
+    rows = [f"| {k} | {r['step_s_median']:.3f} | {r['clips_per_s']:.2f} | {r['achieved_tflops']:.1f} | {pct(r['mfu'])} | {gib(r['peak_memory_gib'])} |"
             for k, r in runs.items()]
     skipped = [f"{k}: {v}" for k, v in g.get("runs", {}).items() if not isinstance(v, dict)]
     return (f"GPU **{g['gpu']}**, ViT-{r0['preset']} ({r0['params']:,} parameters), {r0['dtype']}, batch {r0['batch']} x {r0['frames']} "
@@ -537,6 +541,9 @@ def gpu_suite_main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-runs", default="default@best", help="comma-separated MODE@BATCH (BATCH 'best': the sweep's best)")
     p.add_argument("--device", default="cuda"); p.add_argument("--commit", default=""); p.add_argument("--matmul-n", type=int, default=8192)
     a = p.parse_args(argv)
+    known = ("matmul", "kernels", "stage1_step", "batch_sweep", "unmasked_step", "inference", "compiled_step")
+    if bad := [x for x in a.parts.split(",") if x and x not in known]: p.error(f"--parts: unknown part(s) {bad}; known: {', '.join(known)}")
+    if bad := [r for r in a.compile_runs.split(",") if r.count("@") != 1]: p.error(f"--compile-runs: expected MODE@BATCH, got {bad}")
     r = gpu_suite(a.out, a.preset, a.num_frames, a.img_size, a.batch, [int(x) for x in a.batches.split(",")], a.mask_ratio, a.steps,
                   a.warmup, a.backends.split(","), a.unmasked_batch, a.inference_batch, a.inference_repeats, not a.no_compile,
                   a.budget_s, a.device, a.commit, a.matmul_n, [x for x in a.parts.split(",") if x] or None,
@@ -545,12 +552,14 @@ def gpu_suite_main(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/15_bench.ipynb #f539d8a7
-def _steps_of(s: dict) -> list[dict]:
-    "Every timed training step result of a `gpu_suite` JSON (all parts)."
+def _steps_of(s: dict, stage1_only: bool = False) -> list[dict]:
+    "Every timed training step result of a `gpu_suite` JSON (all parts; `stage1_only`: those at the suite's stage-1 mask ratio)."
     p = s.get("parts", {})
     out = [r for part in ("stage1_step", "unmasked_step") if isinstance(p.get(part), dict) for r in p[part].values() if isinstance(r, dict)]
     out += [r for r in (p.get("batch_sweep") or {}).values() if isinstance(r, dict)] if isinstance(p.get("batch_sweep"), dict) else []
-    return out + [r for k, r in p.items() if k.startswith("compiled_step") and isinstance(r, dict)]
+    out += [r for k, r in p.items() if k.startswith("compiled_step") and isinstance(r, dict)]
+    mr = s.get("config", {}).get("mask_ratio")
+    return [r for r in out if r.get("mask_ratio") == mr] if stage1_only and mr is not None else out
 
 def gpu_suite_metrics(s: dict | None) -> dict:
     "The flat headline metrics of a `gpu_suite` JSON (None or a CPU run: every GPU metric 'not measured')."
@@ -561,10 +570,11 @@ def gpu_suite_metrics(s: dict | None) -> dict:
                                               "gpu_inference_speedup_bf16_flash")})
         return m
     p = s["parts"]
-    m = {"gpu": s["env"]["device"], "gpu_commit": s.get("commit", ""), "gpu_date": s.get("date", "")}
+    src = s.get("sources") or [{"commit": s.get("commit", ""), "date": s.get("date", "")}]
+    m = {"gpu": s["env"]["device"], "gpu_commit": ",".join(str(r["commit"])[:10] for r in src), "gpu_date": ",".join(r["date"] for r in src)}
     m.update(gpu_metrics({"gpu": s["env"]["device"], "runs": p["stage1_step"] if isinstance(p.get("stage1_step"), dict) else {}}))
     m["gpu_matmul_tflops"] = round(p["matmul"]["tflops"], 1) if isinstance(p.get("matmul"), dict) else "not measured"
-    mfus = [r["mfu"] for r in _steps_of(s) if r.get("mfu") is not None]
+    mfus = [r["mfu"] for r in _steps_of(s, stage1_only=True) if r.get("mfu") is not None]
     m["gpu_mfu_best"] = round(max(mfus), 4) if mfus else "not measured"
     m["gpu_mfu_goal_45"] = ("met" if max(mfus) >= 0.45 else "not met") if mfus else "not measured"
     bs = {b: r for b, r in (p.get("batch_sweep") or {}).items() if isinstance(r, dict)} if isinstance(p.get("batch_sweep"), dict) else {}
@@ -582,8 +592,9 @@ def gpu_report(s: dict | None) -> str:
     if not s: return "GPU: **not measured** (no CUDA device here and no `gpu_results` file given)."
     e, p, c = s["env"], s["parts"], s["config"]
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+    gib = lambda v: "—" if v is None else f"{v:.1f}"
     head = (f"Measured on **{e['device']}** ({(e['memory_gib'] or 0):.0f} GiB; torch {e['torch']}, CUDA {e['cuda']}) on {s['date']} at "
-            f"commit `{s.get('commit') or 'unknown'}`, {s.get('wall_s', 0):.0f} s in all. Data-sheet dense bf16 peak: "
+            f"commit `{s.get('commit') or 'unknown'}`, {s.get('wall_s', 0):.0f} s of recorded run time. Data-sheet dense bf16 peak: "
             f"{e['peak_bf16_tflops'] or 'unknown'} TFLOP/s (MFU is against this). TF32 matmuls: {e['tf32_matmul']}.")
     if len(s.get("sources", [])) > 1:
         head += "\n\nRuns merged here: " + "; ".join(f"run {r['run']}: commit `{(r['commit'] or 'unknown')[:10]}`, {r['date']}, "
@@ -598,10 +609,10 @@ def gpu_report(s: dict | None) -> str:
     for key, title in (("stage1_step", "**stage-1 step**, one set of weights, each attention backend"),
                        ("unmasked_step", "**unmasked step** (every patch visible)")):
         v = p.get(key)
-        parts.append(title + ":\n\n" + (gpu_table({"gpu": e["device"], "runs": v}) if isinstance(v, dict) else str(v)))
+        parts.append(title + ":\n\n" + (gpu_table({"gpu": e["device"], "runs": v}) if isinstance(v, dict) else str(v or "not measured (part not run)")))
     bs = p.get("batch_sweep")
     if isinstance(bs, dict):
-        rows = [f"| {b} | {r['step_s_median']:.3f} | {r['clips_per_s']:.1f} | {r['clips_per_s'] * r['tokens_per_clip']:.3g} | {r['achieved_tflops']:.0f} | {pct(r['mfu'])} | {r['peak_memory_gib']:.1f} |"
+        rows = [f"| {b} | {r['step_s_median']:.3f} | {r['clips_per_s']:.1f} | {r['clips_per_s'] * r['tokens_per_clip']:.3g} | {r['achieved_tflops']:.0f} | {pct(r['mfu'])} | {gib(r['peak_memory_gib'])} |"
                 if isinstance(r, dict) else f"| {b} | {r} | | | | | |" for b, r in bs.items()]
         parts.append(f"**micro-batch sweep** with `{s.get('best_backend')}`:\n\n| micro-batch | median step (s) | clips / s | tokens / s | TFLOP/s | MFU | peak memory (GiB) |\n"
                      "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
@@ -618,10 +629,11 @@ def gpu_report(s: dict | None) -> str:
         if isinstance(cs, dict):
             parts.append(f"**torch.compile** (mode {cs['compiled'] if isinstance(cs['compiled'], str) else 'default'}, SDPA, micro-batch {cs['batch']}): {cs['step_s_median']:.3f} s per step, "
                          f"{cs['clips_per_s']:.1f} clips/s, {cs['achieved_tflops']:.0f} TFLOP/s, MFU {pct(cs['mfu'])}, peak memory "
-                         f"{cs['peak_memory_gib']:.0f} GiB; warm-up with compilation {cs['warmup_s']:.0f} s.")
+                         f"{gib(cs['peak_memory_gib'])} GiB; warm-up with compilation {cs['warmup_s']:.0f} s.")
         else: parts.append(f"**torch.compile** ({key}): {cs}")
     m = gpu_suite_metrics(s)
-    parts.append(f"**MFU goal (>= 45% for the ViT-{c['preset']} stage-1 step): {m['gpu_mfu_goal_45']}** (best MFU {m['gpu_mfu_best']}).")
+    parts.append(f"**MFU goal (>= 45% for the ViT-{c['preset']} stage-1 step" + (f", {int(round(100 * c['mask_ratio']))}% masked" if "mask_ratio" in c else "") + "): "
+                 f"{m['gpu_mfu_goal_45']}** (best MFU of those steps {m['gpu_mfu_best']}).")
     return "\n\n".join(parts)
 
 # %% ../nbs/15_bench.ipynb #68e96e92
@@ -640,13 +652,16 @@ def merge_gpu_suites(results: Sequence[dict]) -> dict | None:
         if i == 1: continue
         for k, v in r["parts"].items():
             if k == "model": continue
-            out["parts"][k if k not in out["parts"] else f"{k}@run{i}"] = v
+            old = out["parts"].get(k)
+            if old is None or (isinstance(old, str) and isinstance(v, dict)): out["parts"][k] = v   # a measurement replaces a 'not measured' line
+            elif isinstance(v, dict): out["parts"][f"{k}@run{i}"] = v                                # two measurements: both kept
     out["wall_s"] = sum(r.get("wall_s") or 0 for r in results)
     return out
 
 def load_gpu_results(spec: str, root: str | os.PathLike = ".") -> dict | None:
-    """`gpu_suite` JSON files merged: `spec` "" -> None; "auto" -> every `reports/gpu/*.json` under `root` (by name);
-    otherwise comma-separated paths (relative to `root`). A named file that is missing is an error."""
+    """`gpu_suite` JSON files merged in date order: `spec` "" -> None; "auto" -> the `reports/gpu/*.json` under `root` of
+    the GPU that was measured last (files of other GPUs are left out); otherwise comma-separated paths (relative to
+    `root`), which must all be of one GPU. A named file that is missing is an error."""
     from pathlib import Path
     if not spec: return None
     if spec == "auto": paths = sorted((Path(root) / "reports" / "gpu").glob("*.json"))
@@ -659,6 +674,8 @@ def load_gpu_results(spec: str, root: str | os.PathLike = ".") -> dict | None:
         r = json.loads(Path(p).read_text())
         if r.get("kind") != "iv2.bench.gpu_suite": raise ValueError(f"gpu_results: {p} is not a gpu_suite result (kind {r.get('kind')!r})")
         results.append(r)
+    results.sort(key=lambda r: r.get("date", ""))
+    if spec == "auto" and results: results = [r for r in results if r["env"]["device"] == results[-1]["env"]["device"]]
     return merge_gpu_suites(results)
 
 # %% ../nbs/15_bench.ipynb #175c0e14

@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_reports.ipynb #9147c0ec
 from __future__ import annotations
-import datetime as _dt, html, json, os, platform, re, shlex, subprocess, time
+import datetime as _dt, html, json, os, platform, re, shlex, subprocess, time, urllib.parse
 from pathlib import Path
 from typing import Sequence
 import nbformat
@@ -215,7 +215,9 @@ def _index_rows(reps: list[dict]) -> list[dict]:
 def _set_meta(folder: Path) -> dict:
     "The title and note of a report set (`set.json` in its folder), or defaults."
     p = folder / "set.json"
-    return {"title": "iv2 reports", "note": "", **(json.loads(p.read_text()) if p.exists() else {})}
+    meta = json.loads(p.read_text()) if p.exists() else {}
+    if not isinstance(meta, dict): raise ValueError(f"{p}: expected a JSON object with 'title' and 'note'")
+    return {"title": "iv2 reports", "note": "", **meta}
 
 def report_set(folder: str | os.PathLike, title: str, note: str = "") -> Path:
     """Mark `folder` (under `reports/`) as a named set of reports with its own index: e.g. the reports of an earlier
@@ -249,7 +251,7 @@ def build_index(reports_root: str | os.PathLike | None = None) -> Path:
     esc = html.escape
     trs = "".join(f"<tr><td><a href='{esc(r['html'])}'>{esc(r['name'])}</a></td>" + "".join(f"<td>{esc(r[c])}</td>" for c in cols)
                   + f"<td><code>{esc(r['command'])}</code></td></tr>" for r in rows)
-    extra = ("<h2>Other report sets</h2><ul>" + "".join(f"<li><a class='set' href='{esc(n)}/index.html'>{esc(m['title'])}</a>: {esc(m['note'])}</li>"
+    extra = ("<h2>Other report sets</h2><ul>" + "".join(f"<li><a class='set' href='{esc(urllib.parse.quote(n))}/index.html'>{esc(m['title'])}</a>: {esc(m['note'])}</li>"
                                                         for n, m in sets) + "</ul>") if sets else ""
     extra += "<p><a class='set' href='../index.html'>All report sets</a></p>" if parent else ""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(meta['title'])}</title><style>body{{font-family:sans-serif;margin:2em}}"

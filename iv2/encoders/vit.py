@@ -195,7 +195,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Backen
                 return F.scaled_dot_product_attention(q, k, v)
         except RuntimeError as e:
             raise RuntimeError(f"attention: SDPA kernel {SDPA_KERNELS[backend]} (backend {backend!r}) cannot run "
-                               f"{q.device.type} {q.dtype} q{tuple(q.shape)}: {str(e).splitlines()[0]}") from e
+                               f"{q.device.type} {q.dtype} q{tuple(q.shape)}: {(str(e).splitlines() or [''])[0]}") from e
     if backend == "math":
         scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)            # (B, H, Lq, Lk)
         return (scores.softmax(dim=-1) @ v.float()).to(v.dtype)
