@@ -1,13 +1,15 @@
 """The throughput run notebook (nbs/runs/throughput.ipynb) end to end through papermill, on a tiny world this test
 makes itself: per-preset step metrics consistent with each other and with notebook 15's FLOP count, the loader's
-decode throughput beside the step rate, GPU numbers "not measured" without CUDA, and bad parameters named."""
+decode throughput beside the step rate, the step through DeepSpeed with a ZeRO stage, GPU numbers "not measured"
+without CUDA or GPU result files, and bad parameters named."""
 import json
 import pytest
 import torch
 from iv2.reports import RunError, run_notebook
 
 PARAMS = {"presets": "tiny,small", "num_frames": 2, "img_size": 56, "micro_batch": 2, "steps": 2, "warmup": 1,
-          "loader_workers": "1,2", "loader_batches": 2, "inference_repeats": 2, "threads": 1}
+          "loader_workers": "1,2", "loader_batches": 2, "inference_repeats": 2, "threads": 1,
+          "zero_stages": "1", "gpu_results": ""}         # ZeRO-1 through DeepSpeed (one rank); no GPU files: GPU numbers "not measured"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,8 @@ def test_step_metrics_consistent(run):
         if not torch.cuda.is_available(): assert m[f"{p}_mfu"] == "not measured (no GPU peak)"
     assert m["small_flops_per_step"] > m["tiny_flops_per_step"]
     sc = rep["scale"]
-    assert (sc["zero_stage"], sc["attn_backend"], sc["precision"], sc["presets"]) == (0, "sdpa", "fp32", ["tiny", "small"])
+    assert (sc["zero_stages"], sc["attn_backend"], sc["precision"], sc["presets"]) == ([1], "sdpa", "fp32", ["tiny", "small"])
+    assert m["tiny_zero1_step_s"] > 0 and sc["gpu_results"] == "none"
     assert rep["command"].startswith("iv2 run throughput -p presets tiny,small")
     page = (t / "reports" / "throughput.html").read_text()
     assert page.count("data:image/png;base64,") >= 3                   # step bars, loader vs step, inference speed-up
@@ -72,7 +75,7 @@ def test_inference_and_gpu(run):
     t, man, rep = run
     m = rep["metrics"]
     assert m["inference_speedup_fp32_math"] == 1.0
-    assert m["inference_speedup_fp32_sdpa"] > 0 and m["inference_speedup_bf16_sdpa"] > 0
+    assert m["inference_speedup_fp32_sdpa"] > 0 and m["inference_speedup_bf16_sdpa"] > 0 and m["inference_speedup_bf16_sdpa_flash"] > 0
     if torch.cuda.is_available(): pytest.skip("the GPU section ran")
     assert m["inference_speedup_bf16_flash"].startswith("not measured")
     for k in ("gpu", "gpu_bf16_clips_per_s_sdpa", "gpu_bf16_clips_per_s_flash", "gpu_mfu_sdpa", "gpu_mfu_flash", "gpu_flash_over_sdpa",
@@ -80,7 +83,7 @@ def test_inference_and_gpu(run):
         assert m[k] == "not measured", k
 
 
-@pytest.mark.parametrize("bad, name", [({"presets": "tiny,huge"}, "presets"), ({"zero_stage": 2}, "zero_stage")])
+@pytest.mark.parametrize("bad, name", [({"presets": "tiny,huge"}, "presets"), ({"zero_stages": "1,5"}, "zero_stages")])
 def test_bad_parameters_named(world, bad, name):
     t, man = world
     with pytest.raises(RunError, match=f"ParameterError.*{name}"):
