@@ -510,7 +510,8 @@ def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_fram
         return {"params": sum(p.numel() for p in holder["m"].parameters())}
     if part("model", build) is None or "m" not in holder: return res
     model = holder["m"]
-    sweep = lambda bs, b, mr, comp=False: backend_sweep(model, bs, preset, num_frames, img_size, b, steps, warmup, device, mr, comp)
+    sweep = lambda bs, b, mr, mode=None: backend_sweep(model, bs, preset, num_frames, img_size, b, steps, warmup, device, mr,
+                                                       mode is not None, mode or "default")
     runs = part("stage1_step", lambda: sweep(backends, batch, mask_ratio))
     ok = {k: r for k, r in (runs or {}).items() if isinstance(r, dict)}
     best = max(ok, key=lambda k: ok[k]["clips_per_s"]) if ok else "sdpa"
@@ -523,7 +524,7 @@ def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_fram
     for mode, b in (compile_runs if compile_model else ()):   # plain SDPA inside torch.compile (PyTorch picks its kernel)
         b = b or best_b                                        # None: the sweep's best micro-batch
         key = "compiled_step" if (mode, b) == ("default", best_b) else f"compiled_step:{mode}:b{b}"
-        part(key, lambda: backend_sweep(model, ["sdpa"], preset, num_frames, img_size, b, steps, warmup, device, mask_ratio, True, mode)["sdpa"],
+        part(key, lambda: sweep(["sdpa"], b, mask_ratio, mode)["sdpa"],
              need_s=120.0 if dev.type == "cuda" else 0.0)
     return res
 
