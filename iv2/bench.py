@@ -15,10 +15,11 @@ from .encoders.vit import VisionConfig, VisionTransformer, flops_per_clip
 __all__ = ['PEAK_BF16_TFLOPS', 'GPU_BACKENDS', 'interleaved_times', 'summarize', 'time_ratio', 'tile_frames', 'bench_config',
            'tokens_per_clip', 'visible_per_frame', 'timm_twin_kwargs', 'twin_tokens', 'expected_param_gap', 'timm_twin',
            'copy_to_twin', 'tiled_to_frame_order', 'frame_to_tiled_order', 'train_step', 'iv2_steps', 'random_visible',
-           'run_benchmark', 'main', 'peak_tflops', 'training_step_throughput', 'backend_sweep', 'gpu_benchmark',
-           'flash_kernel', 'gpu_metrics', 'gpu_table', 'vit_step_flops', 'patch_embed_flops', 'mfu', 'step_metrics',
-           'inference_speedup', 'matmul_tflops', 'kernel_agreement', 'gpu_suite', 'gpu_suite_main', 'gpu_suite_metrics',
-           'gpu_report', 'merge_gpu_suites', 'load_gpu_results', 'decode_throughput', 'feed_verdict']
+           'run_benchmark', 'main', 'peak_tflops', 'training_step_throughput', 'not_measured', 'backend_sweep',
+           'gpu_benchmark', 'flash_kernel', 'gpu_metrics', 'gpu_table', 'vit_step_flops', 'patch_embed_flops', 'mfu',
+           'step_metrics', 'inference_speedup', 'matmul_tflops', 'kernel_agreement', 'gpu_suite', 'gpu_suite_main',
+           'gpu_suite_metrics', 'gpu_report', 'merge_gpu_suites', 'load_gpu_results', 'decode_throughput',
+           'feed_verdict']
 
 # %% ../nbs/15_bench.ipynb #a29b4e69
 def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
@@ -307,7 +308,8 @@ def training_step_throughput(preset: str = "1B", num_frames: int = 8, img_size: 
             "achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
 
-def _not_measured(e: BaseException) -> str:
+def not_measured(e: BaseException) -> str:
+    "The 'not measured: <error>: <first line>' cell a report prints where a measurement raised (table-safe: no '|')."
     return f"not measured: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}".replace("|", "/")
 
 def backend_sweep(model: VisionTransformer, backends: Sequence[str], preset: str, num_frames: int, img_size: int, batch: int,
@@ -319,7 +321,7 @@ def backend_sweep(model: VisionTransformer, backends: Sequence[str], preset: str
         if b == "flash" and not flash_available(): runs[b] = "not measured: flash_attn is not installed"; continue
         try: runs[b] = training_step_throughput(preset, num_frames, img_size, batch, steps, warmup, device, torch.bfloat16, b,
                                                 mask_ratio, model=model, compile_model=compile_model, compile_mode=compile_mode)
-        except RuntimeError as e: runs[b] = _not_measured(e)     # torch.cuda.OutOfMemoryError is a RuntimeError too
+        except RuntimeError as e: runs[b] = not_measured(e)     # torch.cuda.OutOfMemoryError is a RuntimeError too
         if torch.device(device).type == "cuda": torch.cuda.empty_cache()
     return runs
 
@@ -418,7 +420,7 @@ def inference_speedup(preset: str = "tiny", num_frames: int = 4, img_size: int =
            "bf16_sdpa_flash": fwd("sdpa_flash", torch.bfloat16)}
     skipped = {}
     try: fns["bf16_sdpa_flash"]()                                     # PyTorch's flash kernel may refuse this device / shape
-    except RuntimeError as e: skipped["bf16_sdpa_flash"] = _not_measured(e); del fns["bf16_sdpa_flash"]
+    except RuntimeError as e: skipped["bf16_sdpa_flash"] = not_measured(e); del fns["bf16_sdpa_flash"]
     if dev.type != "cuda": skipped["bf16_flash"] = "not measured: flash-attn is GPU-only (CUDA fp16/bf16 tensors)"
     elif not flash_available(): skipped["bf16_flash"] = "not measured: flash_attn is not installed"
     else: fns["bf16_flash"] = fwd("flash", torch.bfloat16)
@@ -457,7 +459,7 @@ def kernel_agreement(backends: Sequence[str], B: int = 2, H: int = 16, L: int = 
     out = {}
     for b in backends:
         try: out[b] = (attention(q, k, v, b).float() - ref).abs().max().item()
-        except RuntimeError as e: out[b] = _not_measured(e)
+        except RuntimeError as e: out[b] = not_measured(e)
     return {"shape": [B, H, L, D], "max_abs_diff_vs_math": out}
 
 def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_frames: int = 8, img_size: int = 224, batch: int = 16,
@@ -496,7 +498,7 @@ def gpu_suite(out: str | os.PathLike | None = None, preset: str = "1B", num_fram
             res["parts"][key] = f"not measured: the time budget of {budget_s:.0f} s would be spent"; save(); return None
         t0 = time.time()
         try: r = fn()
-        except RuntimeError as e: r = _not_measured(e)
+        except RuntimeError as e: r = not_measured(e)
         res["parts"][key] = r; res.setdefault("part_wall_s", {})[key] = time.time() - t0; save()
         if dev.type == "cuda": torch.cuda.empty_cache()
         return r

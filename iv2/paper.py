@@ -40,11 +40,12 @@ class PaperTable:
         return [r[i] for r in self.rows]
 
     def where(self, **match) -> list[dict]:
-        "Rows (as dicts) whose columns equal every `match` value."
+        "Rows (as dicts) whose columns equal every `match` value; a tuple, list or set value matches any of its items."
         for k in match:
             if k not in self.columns: raise KeyError(f"Table {self.number} has no column {k!r}; columns: {self.columns}")
+        ok = lambda x, v: x in v if isinstance(v, (tuple, list, set, frozenset)) else x == v
         out = [dict(zip(self.columns, r)) for r in self.rows]
-        return [r for r in out if all(r[k] == v for k, v in match.items())]
+        return [r for r in out if all(ok(r[k], v) for k, v in match.items())]
 
 # %% ../nbs/07_paper.ipynb #82c533a4
 PAPER_COMPUTE = {
