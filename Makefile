@@ -51,8 +51,10 @@ check-export: install  ## fail if iv2/ differs from what the notebooks export
 	fi
 	rm -rf $$tmp
 
+# one torch thread per notebook worker: two workers x two threads on two cores make every parallel op wait for a
+# descheduled thread (measured: a tiny stage-1 step takes 0.06 s alone and 4.5 s beside another torch process)
 nbtest: install
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: install
 	$(BIN)/python -m pytest -q tests

@@ -468,7 +468,11 @@ def paper_table(number: int | str) -> PaperTable:
 def reference_table(t: PaperTable, columns: tuple[str, ...] | None = None, **match) -> str:
     "Markdown of (a selection of) a paper table, headed as reference numbers not measured by iv2."
     cols = tuple(columns or t.columns)
+    if bad := [c for c in cols if c not in t.columns]: raise KeyError(f"Table {t.number} has no columns {bad}; columns: {t.columns}")
     rows = t.where(**match)
+    for k, v in match.items():                       # a misspelt value would silently drop its row from the reference
+        if bad := [x for x in (v if isinstance(v, (tuple, list, set, frozenset)) else (v,)) if not t.where(**{k: x})]:
+            raise KeyError(f"Table {t.number}: no row with {k} in {bad}; values: {sorted(set(map(str, t.column(k))))}")
     fmt = lambda v: "-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
     md = [f"**Paper reference (InternVideo2, Table {t.number}; not measured here):** {t.caption}."]
     where = "" if not t.section else f"Appendix {t.section}" if t.section[0].isalpha() else f"Sec. {t.section}"

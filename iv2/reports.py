@@ -39,15 +39,15 @@ def latest_run(name: str, root: str | os.PathLike | None = None, need: Sequence[
 
 # %% ../nbs/60_reports.ipynb #ee312118
 def git_info(root: str | os.PathLike | None = None) -> dict:
-    "Commit hash and dirty flag of the checkout at `root` (None when not a git checkout; `reports/`, `data_cards/` ignored)."
+    "Commit hash and dirty flag of the checkout at `root` (None when not a git checkout; `reports/`, `data_cards/`, `runs/` ignored)."
     root = str(root or project_root())
     def git(*a):
         try: r = subprocess.run(["git", "-C", root, *a], capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.SubprocessError): return ""
         return r.stdout.strip() if r.returncode == 0 else ""
     commit = git("rev-parse", "HEAD") or None
-    # rendered reports and data cards are outputs of runs, not inputs: changes there do not make a checkout dirty
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports", ":!data_cards")) if commit else None
+    # rendered reports, data cards and run folders are outputs of runs, not inputs: changes there do not make a checkout dirty
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports", ":!data_cards", ":!runs")) if commit else None
     return {"git_commit": commit, "git_dirty": dirty}
 
 def hardware_info() -> dict:

@@ -20,8 +20,8 @@ from .media import (MediaError, SAMPLINGS, BACKENDS, FBANK_FRAMES, FBANK_BINS, r
 logger = logging.getLogger("iv2.data")
 
 # %% auto #0
-__all__ = ['logger', 'BadInputPolicy', 'TooManySkipsError', 'check_skip_fraction', 'clip_item', 'VideoDataset', 'collate',
-           'make_loader', 'SkipLog', 'scan_manifest', 'read_skip_list', 'measure_throughput']
+__all__ = ['logger', 'BadInputPolicy', 'TooManySkipsError', 'check_skip_fraction', 'clip_item', 'add_audio', 'VideoDataset',
+           'collate', 'make_loader', 'SkipLog', 'scan_manifest', 'read_skip_list', 'measure_throughput']
 
 # %% ../../nbs/04_datasets.ipynb #c969280f
 @dataclass
@@ -68,6 +68,20 @@ def clip_item(frames: np.ndarray, idx: np.ndarray, r: ClipRecord, index: int, si
     return dict(video=video, frame_indices=torch.as_tensor(idx, dtype=torch.long), id=r.id, index=index,
                 label=int(r.labels.get(label_key, -1)), captions=dict(r.captions))
 
+def add_audio(item: dict, load_wave, train: bool, rng: np.random.Generator, policy: BadInputPolicy, where: str = "") -> dict:
+    """Add `audio` (998, 64) normalised fbank and `audio_present` to an item; `load_wave()` returns the clip's waveform
+    or raises `MediaError`. A file without an audio stream, or with no samples in the clip's window, gets zeros and
+    `audio_present=False` when `policy.missing_audio` is "zeros"; every other error goes to the caller's policy."""
+    try:
+        wav = load_wave()
+        if not len(wav): raise MediaError("no_audio", where or item.get("id", "?"), "the audio track has no samples in the clip's window")
+        item["audio"], _ = audio_features(wav, train=train, rng=rng)                   # (998, 64)
+        item["audio_present"] = True
+    except MediaError as e:
+        if e.kind != "no_audio" or policy.missing_audio != "zeros": raise
+        item["audio"], item["audio_present"] = torch.zeros(FBANK_FRAMES, FBANK_BINS), False
+    return item
+
 class VideoDataset(Dataset):
     "Clips of a manifest as dicts of tensors, with the bad-input policy applied (see the table above)."
     def __init__(self, manifest: str | os.PathLike | Sequence[ClipRecord], root: str | os.PathLike | None = None,
@@ -102,14 +116,7 @@ class VideoDataset(Dataset):
         frames, idx = read_video(path, self.num_frames, self.sampling, self.train, rng, r.start, r.end,
                                  self.stride, self.backend, short, self.cache_short)                    # (T,H,W,3) uint8
         out = clip_item(frames, idx, r, j, self.size, self.train, rng, self.frame_transform, self.label_key)
-        if self.audio:
-            try:
-                wav = load_audio(path, r.start, r.end)
-                out["audio"], _ = audio_features(wav, train=self.train, rng=rng)      # (998, 64)
-                out["audio_present"] = True
-            except MediaError as e:
-                if e.kind != "no_audio" or self.policy.missing_audio != "zeros": raise
-                out["audio"], out["audio_present"] = torch.zeros(FBANK_FRAMES, FBANK_BINS), False
+        if self.audio: add_audio(out, lambda: load_audio(path, r.start, r.end), self.train, rng, self.policy, str(path))
         return out
 
     def __getitem__(self, i: int) -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/03_media.ipynb #12e8ee8b
 from __future__ import annotations
-import contextlib, hashlib, json, os, re
+import contextlib, hashlib, io, json, os, re
 from pathlib import Path
 from typing import Iterator, Sequence
 import numpy as np
@@ -368,11 +368,13 @@ def fbank_frames(num_samples: int, sr: int = AUDIO_SR, frame_ms: float = 25.0, s
 
 FBANK_FRAMES = fbank_frames(int(MAX_AUDIO_SECONDS * AUDIO_SR))   # 998
 
-def load_audio(path: str | os.PathLike, start: float | None = None, end: float | None = None,
-               sr: int = AUDIO_SR) -> np.ndarray:
-    "Mono float32 waveform (N,) at `sr` of the window `[start, end)` seconds, placed by timestamps."
-    p = check_file(path)
-    try: c = av.open(str(p))
+def load_audio(path: str | os.PathLike | bytes, start: float | None = None, end: float | None = None,
+               sr: int = AUDIO_SR, where: str = "<bytes>") -> np.ndarray:
+    """Mono float32 waveform (N,) at `sr` of the window `[start, end)` seconds, placed by timestamps. `path` may also be
+    the file's bytes (a member of a tar shard); errors then name `where`."""
+    if isinstance(path, (bytes, bytearray, memoryview)): p, src = where, io.BytesIO(path)
+    else: p = check_file(path); src = str(p)
+    try: c = av.open(src)
     except Exception as e: raise MediaError("corrupt", p, f"pyav: {e}") from None
     with c:
         if not c.streams.audio: raise MediaError("no_audio", p, "file has no audio stream")

@@ -14,15 +14,15 @@ import torch
 from torch import nn
 from ..config import atomic_write_text, rng_for
 from .manifest import ClipRecord, ManifestError, read_manifest, record_from_dict
-from .media import (MediaError, SAMPLINGS, _DecordReader, _decord_msg, check_file, sample_clip)
-from .datasets import clip_item, BadInputPolicy, TooManySkipsError, _worker_init, check_skip_fraction, collate
+from .media import (MediaError, SAMPLINGS, _DecordReader, _decord_msg, check_file, load_audio, sample_clip)
+from .datasets import add_audio, clip_item, BadInputPolicy, TooManySkipsError, _worker_init, check_skip_fraction, collate
 
 logger = logging.getLogger("iv2.data")
 
 # %% auto #0
 __all__ = ['logger', 'SHARD_FORMAT', 'SHARD_VERSION', 'INDEX_NAME', 'read_video_bytes', 'member_key', 'write_shards',
-           'read_index', 'verify_shards', 'shard_assignment', 'samples_per_rank', 'ShardReader', 'ShardProbeStage',
-           'shard_probe_stage']
+           'read_index', 'verify_shards', 'source_records', 'shard_assignment', 'samples_per_rank', 'ShardReader',
+           'ShardProbeStage', 'shard_probe_stage']
 
 # %% ../../nbs/06_shards.ipynb #b8804cdd
 class _BytesDecordReader(_DecordReader):
@@ -123,7 +123,7 @@ def write_shards(manifest: str | os.PathLike | Sequence[ClipRecord], out_dir: st
         shards.append(meta); skipped += meta["skipped"]
         check_skip_fraction(len(skipped), sum(s["lines"] for s in shards), policy, Counter(s["reason"] for s in skipped), "write_shards: ")
     if not sum(s["count"] for s in shards): raise TooManySkipsError(f"write_shards: no readable clip in {len(recs)} records")
-    index = dict(format=SHARD_FORMAT, version=SHARD_VERSION, source_manifest=str(src) if src else None, source_sha256=src_sha,
+    index = dict(format=SHARD_FORMAT, version=SHARD_VERSION, source_manifest=str(src.resolve()) if src else None, source_sha256=src_sha,
                  split=split, clips_per_shard=clips_per_shard, total=sum(s["count"] for s in shards), skipped=len(skipped),
                  skipped_by_reason=dict(sorted(Counter(s["reason"] for s in skipped).items())),
                  shards=[{k: s[k] for k in ("name", "count", "bytes", "sha256", "first_line", "lines")} for s in shards if s["count"]])
@@ -147,6 +147,17 @@ def verify_shards(path: str | os.PathLike) -> list[str]:
     ix = read_index(path); d = Path(ix["dir"])
     return [s["name"] for s in ix["shards"] if not (d / s["name"]).is_file() or (d / s["name"]).stat().st_size != s["bytes"]
             or _sha256(d / s["name"]) != s["sha256"]]
+
+def source_records(path: str | os.PathLike) -> tuple[list[ClipRecord] | None, str]:
+    """The records of the manifest a shard folder was written from, with the shards' split applied, for checks before
+    training (a stage's captions); or `(None, why)` when they cannot stand for the shards: written from records rather
+    than a file, the manifest no longer on disk, or changed since (its sha256 differs from the index's)."""
+    ix = read_index(path); src = ix.get("source_manifest")
+    if not src: return None, "the shards were written from records, not from a manifest file"
+    if not Path(src).is_file(): return None, f"the source manifest {src} is not on disk"
+    if ix.get("source_sha256") and _sha256(Path(src)) != ix["source_sha256"]:
+        return None, f"the source manifest {src} changed since the shards were written (sha256 differs from the index)"
+    return [r for r in read_manifest(src) if ix.get("split") is None or r.split == ix["split"]], ""
 
 # %% ../../nbs/06_shards.ipynb #84d34bea
 def shard_assignment(n_shards: int, rank: int, world_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True) -> list[int]:
@@ -179,16 +190,18 @@ class ShardReader:
     def __init__(self, shards: str | os.PathLike, num_frames: int = 8, sampling: str = "tsn", train: bool = False,
                  size: int = 224, policy: BadInputPolicy | None = None, seed: int = 0, stride: int = 1,
                  label_key: str = "action_id", frame_transform=None, shuffle_shards: bool = True, shuffle_buffer: int = 0,
-                 decode: bool = True, audio: bool = False):
-        if audio: raise NotImplementedError("ShardReader: audio from shards is not supported yet; use VideoDataset for audio")
+                 decode: bool = True, audio: bool = False, split: str | None = None):
         if sampling not in SAMPLINGS: raise ValueError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
         if shuffle_buffer < 0: raise ValueError(f"shuffle_buffer: must be >= 0, got {shuffle_buffer}")
         self.index = read_index(shards); self.dir = Path(self.index["dir"])
+        if split is not None and self.index.get("split") != split:     # shards of every split would put test clips into training
+            raise ValueError(f"{self.dir}: the shards hold split {self.index.get('split')!r} (None: every split), the reader was asked "
+                             f"for split {split!r}: write them with write_shards(..., split={split!r}) or read with split=None")
         self.counts = [s["count"] for s in self.index["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(int).tolist()   # global sample number of each shard's first
         self.num_frames, self.sampling, self.train, self.size, self.stride = num_frames, sampling, train, size, stride
         self.policy, self.seed, self.label_key, self.frame_transform = policy or BadInputPolicy(), seed, label_key, frame_transform
-        self.shuffle_shards, self.shuffle_buffer, self.decode = shuffle_shards, shuffle_buffer, decode
+        self.shuffle_shards, self.shuffle_buffer, self.decode, self.audio = shuffle_shards, shuffle_buffer, decode, audio
         self.visited, self.skipped, self.reasons = 0, [], Counter()                          # this process only
 
     def __len__(self) -> int: return self.index["total"]
@@ -234,7 +247,9 @@ class ShardReader:
         short = "repeat" if self.policy.short_clip == "repeat" else "raise"
         frames, idx = read_video_bytes(parts[ext], where, self.num_frames, self.sampling, self.train, rng, r.start, r.end,
                                        self.stride, short)
-        return clip_item(frames, idx, r, index, self.size, self.train, rng, self.frame_transform, self.label_key)
+        item = clip_item(frames, idx, r, index, self.size, self.train, rng, self.frame_transform, self.label_key)
+        if self.audio: add_audio(item, lambda: load_audio(parts[ext], r.start, r.end, where=where), self.train, rng, self.policy)
+        return item
 
     def _positions(self, rank: int, world_size: int, epoch: int, seed: int, start: int) -> Iterator:
         "(where, index, parts) at positions `start` ... `quota - 1` of the rank's stream."

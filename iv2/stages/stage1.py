@@ -38,7 +38,7 @@ class Stage1Config(Config):
     mask: MaskConfig = field(default_factory=MaskConfig)
     loss: DistillLossConfig = field(default_factory=lambda: DistillLossConfig.preset("tiny"))
     manifest: str = ""                                      # manifest.jsonl (videos relative to its folder)
-    shards: str = ""                                        # or a tar-shard folder (iv2.data.shards.write_shards; split applied there)
+    shards: str = ""                                        # or a tar-shard folder (write_shards with the same split); backend does not apply
     split: str | None = "train"
     num_frames: int = 4                                     # T: student frames; the clip has 2T frames
     size: int = 56                                          # input height = width
@@ -214,7 +214,8 @@ class Stage1Stage(StageBase):
         c = self.cfg
         if c.shards:
             from iv2.data.shards import ShardReader
-            reader = ShardReader(c.shards, num_frames=2 * c.num_frames, sampling=c.sampling, train=c.train_aug, size=c.size, seed=seed)
+            reader = ShardReader(c.shards, num_frames=2 * c.num_frames, sampling=c.sampling, train=c.train_aug, size=c.size, seed=seed,
+                                 split=c.split)
             yield from reader.batches(rank, world_size, epoch, seed, micro_batch, start, c.num_workers)
         else:
             yield from loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage1", c.num_workers)

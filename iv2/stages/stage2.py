@@ -4,7 +4,7 @@
 
 # %% ../../nbs/33_stage2.ipynb #71046a85
 from __future__ import annotations
-import os
+import logging, os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator, Sequence
@@ -24,8 +24,10 @@ from ..data.manifest import CAPTION_KINDS, caption_texts, require_manifest
 from ..data.datasets import VideoDataset
 from ..data.media import BACKENDS
 
+logger = logging.getLogger("iv2.stages")
+
 # %% auto #0
-__all__ = ['MODALITIES', 'PHASES', 'Stage2Config', 'vision_state_dict', 'Stage2Model', 'pick_caption', 'check_captions',
+__all__ = ['logger', 'MODALITIES', 'PHASES', 'Stage2Config', 'vision_state_dict', 'Stage2Model', 'pick_caption', 'check_captions',
            'Stage2Stage', 'stage2', 'retrieval_embeddings', 'itm_scorer', 'load_stage2_run']
 
 # %% ../../nbs/33_stage2.ipynb #264db0b8
@@ -53,6 +55,7 @@ class Stage2Config(Config):
     max_text_len: int = 32
     weights: dict = field(default_factory=lambda: {"vtc": 1.0, "vtm": 1.0, "mlm": 1.0})
     manifest: str = ""
+    shards: str = ""                         # or a tar-shard folder (write_shards with the same split); backend does not apply
     split: str | None = "train"
     num_frames: int = 4
     size: int = 224
@@ -268,6 +271,7 @@ class Stage2Stage(StageBase):
     def __init__(self, cfg: Stage2Config | None = None):
         self.cfg = cfg or Stage2Config.preset("tiny")
         self.cfg.validate()
+        self._shards_checked = False
 
     def build_model(self, cfg: EngineConfig | None = None) -> Stage2Model:
         return Stage2Model(self.cfg)
@@ -285,10 +289,27 @@ class Stage2Stage(StageBase):
         check_captions(ds.records, [c.captions[m] for m in c.modalities], c.manifest)
         return ds
 
+    def check_shard_captions(self) -> None:
+        """With `shards`: check the captions once, before training, on the manifest the shards were written from
+        (`iv2.data.shards.source_records`); when that manifest is gone or changed, a warning, and a clip without a caption
+        stops at its batch."""
+        from iv2.data.shards import source_records
+        c = self.cfg; recs, why = source_records(c.shards)
+        if recs is None: logger.warning("Stage2Config.shards: %s: %s; captions are checked clip by clip during training", c.shards, why)
+        else: check_captions(recs, [c.captions[m] for m in c.modalities], f"{c.shards} (source manifest)")
+
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:
-        "Sharded micro-batches; each carries its `epoch` (clips with several captions pair with another one per epoch)."
-        for b in loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage2", self.cfg.num_workers):
-            yield {**b, "epoch": epoch}
+        """The rank's micro-batches, each with its `epoch` (clips with several captions pair with another one per epoch):
+        whole tar shards per rank (video and audio decoded from the tar's bytes) when `shards` is set, else the manifest's clips."""
+        c = self.cfg
+        if c.shards:
+            from iv2.data.shards import ShardReader
+            if not self._shards_checked: self.check_shard_captions(); self._shards_checked = True
+            reader = ShardReader(c.shards, num_frames=c.num_frames, sampling="tsn", train=c.train_aug, size=c.size, seed=seed,
+                                 audio=c.use_audio, split=c.split)
+            it = reader.batches(rank, world_size, epoch, seed, micro_batch, start, c.num_workers)
+        else: it = loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage2", c.num_workers)
+        for b in it: yield {**b, "epoch": epoch}
 
 def stage2(preset: str | None = None, **stage_args) -> Stage2Stage:
     "Factory for `python -m iv2.engine --stage iv2.stages.stage2:stage2` (stage_args: `Stage2Config` fields)."
