@@ -15,6 +15,10 @@ __all__ = ['STATUSES', 'PAPER_COMPUTE', 'MODEL_CONTEXT', 'TABLE1', 'TABLE2', 'TA
 # %% ../nbs/07_paper.ipynb #0220ff8b
 STATUSES = ("transcribed", "partial", "missing")
 
+def _allowed(v) -> tuple:
+    "A `where` match value as the tuple of values it allows: a tuple, list or set allows any of its items."
+    return tuple(v) if isinstance(v, (tuple, list, set, frozenset)) else (v,)
+
 @dataclass(frozen=True)
 class PaperTable:
     "One table of the paper: its number, caption, column names and rows (tuples aligned with `columns`)."
@@ -43,9 +47,8 @@ class PaperTable:
         "Rows (as dicts) whose columns equal every `match` value; a tuple, list or set value matches any of its items."
         for k in match:
             if k not in self.columns: raise KeyError(f"Table {self.number} has no column {k!r}; columns: {self.columns}")
-        ok = lambda x, v: x in v if isinstance(v, (tuple, list, set, frozenset)) else x == v
         out = [dict(zip(self.columns, r)) for r in self.rows]
-        return [r for r in out if all(ok(r[k], v) for k, v in match.items())]
+        return [r for r in out if all(r[k] in _allowed(v) for k, v in match.items())]
 
 # %% ../nbs/07_paper.ipynb #82c533a4
 PAPER_COMPUTE = {
@@ -471,7 +474,7 @@ def reference_table(t: PaperTable, columns: tuple[str, ...] | None = None, **mat
     if bad := [c for c in cols if c not in t.columns]: raise KeyError(f"Table {t.number} has no columns {bad}; columns: {t.columns}")
     rows = t.where(**match)
     for k, v in match.items():                       # a misspelt value would silently drop its row from the reference
-        if bad := [x for x in (v if isinstance(v, (tuple, list, set, frozenset)) else (v,)) if not t.where(**{k: x})]:
+        if bad := [x for x in _allowed(v) if not t.where(**{k: x})]:
             raise KeyError(f"Table {t.number}: no row with {k} in {bad}; values: {sorted(set(map(str, t.column(k))))}")
     fmt = lambda v: "-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
     md = [f"**Paper reference (InternVideo2, Table {t.number}; not measured here):** {t.caption}."]
