@@ -58,6 +58,33 @@ def test_bad_parameters_are_named(tmp_path, params, message):
     assert not (tmp_path / "reports" / "synth_world.html").exists()
 
 
+def test_ceiling_trains_each_baseline_per_seed_and_scores_the_held_out_clips(synth_run):
+    "The learnability control on the fixture's 12-clip world: curves per baseline and seed, accuracies on the held-out clips."
+    from iv2.data.manifest import read_manifest
+    t, _ = synth_run
+    rep = run_notebook("ceiling", {"num_clips": 12, "data_dir": str(t / "world"), "baselines": "vit,c3d", "epochs": 2, "seeds": "0,1",
+                                   "batch_size": 4}, runs_root=t / "runs_ceiling", reports_root=t / "reports_ceiling", progress=False)
+    recs = read_manifest(t / "world" / "manifest.jsonl")
+    n_test, n_train = sum(r.split in ("val", "test") for r in recs), sum(r.split == "train" for r in recs)
+    m = rep["metrics"]
+    assert (m["test_clips"], m["train_clips"], m["chance"]) == (n_test, n_train, round(1 / 21, 4))
+    assert set(rep["curves"]) == {"vit/seed0", "vit/seed1", "c3d/seed0", "c3d/seed1"}
+    for b in ("vit", "c3d"):
+        runs = [rep["curves"][f"{b}/seed{s}"] for s in (0, 1)]
+        assert all([e["epoch"] for e in h] == [1, 2] for h in runs)
+        for h in runs:                                                     # an accuracy is a count of held-out clips
+            assert all(abs(e["test_acc"] * n_test - round(e["test_acc"] * n_test)) < 1e-6 for e in h)
+        assert m[f"{b}_test_acc"] == pytest.approx(sum(h[-1]["test_acc"] for h in runs) / 2, abs=1e-4)
+        assert m[f"{b}_best_test_acc"] >= m[f"{b}_test_acc"] - 1e-4
+    assert m["vit_params"] != m["c3d_params"] > 0
+    page = (t / "reports_ceiling" / "ceiling.html").read_text()
+    assert page.count("data:image/png;base64,") >= 1 and "no counterpart" in page
+    with pytest.raises(RunError) as e:
+        run_notebook("ceiling", {"num_clips": 12, "data_dir": str(t / "world"), "baselines": "vit,resnet"},
+                     runs_root=t / "runs_ceiling", reports_root=t / "reports_bad", progress=False)
+    assert "parameter 'baselines'" in str(e.value)
+
+
 @pytest.fixture(scope="module")
 def teachers_and_stage1(tmp_path_factory):
     "The teachers run and a stage-1 run on a 12-clip world, a few steps each (the full tiny runs are `make demo`)."

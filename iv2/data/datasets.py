@@ -62,9 +62,10 @@ def check_skip_fraction(skipped: int, visited: int, policy: BadInputPolicy, coun
 
 # %% ../../nbs/04_datasets.ipynb #ee2f474c
 def clip_item(frames: np.ndarray, idx: np.ndarray, r: ClipRecord, index: int, size: int, train: bool, rng: np.random.Generator,
-              frame_transform=None, label_key: str = "action_id") -> dict:
-    "The item of one decoded clip (frames uint8 (T,H,W,3)): video (C,T,size,size), frame indices, id, index, label, captions."
-    video = frame_transform(frames) if frame_transform is not None else video_transform(frames, size, train, rng)
+              frame_transform=None, label_key: str = "action_id", flip: bool = True) -> dict:
+    """The item of one decoded clip (frames uint8 (T,H,W,3)): video (C,T,size,size), frame indices, id, index, label, captions.
+    `flip`: the training transform may mirror the clip (never when False)."""
+    video = frame_transform(frames) if frame_transform is not None else video_transform(frames, size, train, rng, flip=flip)
     return dict(video=video, frame_indices=torch.as_tensor(idx, dtype=torch.long), id=r.id, index=index,
                 label=int(r.labels.get(label_key, -1)), captions=dict(r.captions))
 
@@ -88,7 +89,7 @@ class VideoDataset(Dataset):
                  split: str | None = None, num_frames: int = 8, sampling: str = "tsn", train: bool = False,
                  size: int = 224, audio: bool = False, policy: BadInputPolicy | None = None, seed: int = 0,
                  backend: str = "decord", stride: int = 1, label_key: str = "action_id",
-                 exclude: Iterable[str] | None = None, cache_short: int = 64, frame_transform=None):
+                 exclude: Iterable[str] | None = None, cache_short: int = 64, frame_transform=None, flip: bool = True):
         if isinstance(manifest, (str, os.PathLike)):
             recs = read_manifest(manifest); root = Path(manifest).parent if root is None else root
         else: recs = list(manifest)
@@ -103,6 +104,7 @@ class VideoDataset(Dataset):
         self.seed, self.backend, self.stride, self.label_key, self.epoch = seed, backend, stride, label_key, 0
         self.cache_short = cache_short                                                # `cache` backend: stored short side
         self.frame_transform = frame_transform        # (T,H,W,3) uint8 -> tensor; None: `video_transform` at `size`
+        self.flip = flip                              # train: mirror half the clips (off for left/right-sensitive labels)
         self.visited, self.skipped_count, self.reasons = 0, 0, Counter()       # this process only
 
     def __len__(self) -> int: return len(self.records)
@@ -115,7 +117,7 @@ class VideoDataset(Dataset):
         short = "repeat" if self.policy.short_clip == "repeat" else "raise"
         frames, idx = read_video(path, self.num_frames, self.sampling, self.train, rng, r.start, r.end,
                                  self.stride, self.backend, short, self.cache_short)                    # (T,H,W,3) uint8
-        out = clip_item(frames, idx, r, j, self.size, self.train, rng, self.frame_transform, self.label_key)
+        out = clip_item(frames, idx, r, j, self.size, self.train, rng, self.frame_transform, self.label_key, self.flip)
         if self.audio: add_audio(out, lambda: load_audio(path, r.start, r.end), self.train, rng, self.policy, str(path))
         return out
 

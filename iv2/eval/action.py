@@ -434,14 +434,15 @@ class FinetuneConfig(Config):
     split: str | None = "train"
     label_key: str = "action_id"
     sampling: str = "tsn"
-    train_aug: bool = True                   # multi-scale crop + flip
+    train_aug: bool = True                   # multi-scale crop (+ flip when hflip)
+    hflip: bool = False                      # mirroring swaps move_left/move_right, rotate_cw/ccw: True only for mirror-invariant classes
     num_workers: int = 0
     backend: str = "decord"
     cache_short: int = 64
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "tiny": dict(vision="tiny", size=56, num_frames=4, backend="cache"),
-        "paper": dict(vision="1B", size=224, num_frames=8, drop_path=0.3, layer_decay=0.9, label_smoothing=0.1),
+        "paper": dict(vision="1B", size=224, num_frames=8, drop_path=0.3, layer_decay=0.9, label_smoothing=0.1, hflip=True),  # Kinetics: mirror-invariant
     }
 
     def vision_config(self) -> VisionConfig:
@@ -524,7 +525,7 @@ class FinetuneStage(StageBase):
         if self._dataset is not None: return self._dataset
         c = self.cfg
         path = require_manifest(c.manifest, "FinetuneConfig.manifest")
-        ds = VideoDataset(path, split=c.split, num_frames=c.num_frames, sampling=c.sampling, train=c.train_aug, size=c.size,
+        ds = VideoDataset(path, split=c.split, num_frames=c.num_frames, sampling=c.sampling, train=c.train_aug, flip=c.hflip, size=c.size,
                           seed=seed, backend=c.backend, cache_short=c.cache_short, label_key=c.label_key)
         check_labels(ds.records, c.label_key, c.num_classes, f"FinetuneConfig.manifest {path}")
         return ds

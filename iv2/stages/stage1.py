@@ -44,6 +44,7 @@ class Stage1Config(Config):
     size: int = 56                                          # input height = width
     sampling: str = "tsn"
     train_aug: bool = True                                  # multi-scale crop + flip
+    hflip: bool = True                                      # the flip; harmless here: the teachers see the same mirrored frames
     num_workers: int = 0                                    # DataLoader workers
     backend: str = "decord"                                 # decord | pyav | cache (decoded-frame cache, nbs/03_media)
     cache_short: int = 64                                   # the cache's stored short side (backend="cache")
@@ -207,14 +208,14 @@ class Stage1Stage(StageBase):
         "The manifest's clips with 2T frames each."
         c = self.cfg
         return VideoDataset(require_manifest(c.manifest, "Stage1Config.manifest"), split=c.split, num_frames=2 * c.num_frames, sampling=c.sampling,
-                            train=c.train_aug, size=c.size, seed=seed, backend=c.backend, cache_short=c.cache_short)
+                            train=c.train_aug, flip=c.hflip, size=c.size, seed=seed, backend=c.backend, cache_short=c.cache_short)
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:
         "The rank's micro-batches: whole tar shards per rank when `shards` is set (a cluster's data), else the manifest's clips."
         c = self.cfg
         if c.shards:
             from iv2.data.shards import ShardReader
-            reader = ShardReader(c.shards, num_frames=2 * c.num_frames, sampling=c.sampling, train=c.train_aug, size=c.size, seed=seed,
+            reader = ShardReader(c.shards, num_frames=2 * c.num_frames, sampling=c.sampling, train=c.train_aug, flip=c.hflip, size=c.size, seed=seed,
                                  split=c.split)
             yield from reader.batches(rank, world_size, epoch, seed, micro_batch, start, c.num_workers)
         else:

@@ -59,7 +59,8 @@ class Stage2Config(Config):
     split: str | None = "train"
     num_frames: int = 4
     size: int = 224
-    train_aug: bool = True
+    train_aug: bool = True                                  # multi-scale crop (+ flip when hflip)
+    hflip: bool = False                                     # mirroring turns "moves left" into a false caption; True for mirror-invariant data
     num_workers: int = 0
     backend: str = "decord"
     cache_short: int = 64
@@ -68,7 +69,7 @@ class Stage2Config(Config):
         "tiny": dict(vision="tiny", text="minilm", embed_dim=64, memory_dim=64, size=56, backend="cache"),
         "tiny_av": dict(vision="tiny", text="minilm", audio="tiny", modalities=("vt", "at", "avt"), embed_dim=64,
                         memory_dim=64, size=56, backend="cache"),
-        "paper": dict(vision="1B", text="bert-large", embed_dim=512, size=224, num_frames=4),
+        "paper": dict(vision="1B", text="bert-large", embed_dim=512, size=224, num_frames=4, hflip=True),   # web video: flip as the official recipe
     }
 
     @property
@@ -284,7 +285,7 @@ class Stage2Stage(StageBase):
 
     def dataset(self, seed: int = 0) -> VideoDataset:
         c = self.cfg
-        ds = VideoDataset(require_manifest(c.manifest, "Stage2Config.manifest"), split=c.split, num_frames=c.num_frames, sampling="tsn", train=c.train_aug, size=c.size,
+        ds = VideoDataset(require_manifest(c.manifest, "Stage2Config.manifest"), split=c.split, num_frames=c.num_frames, sampling="tsn", train=c.train_aug, flip=c.hflip, size=c.size,
                           seed=seed, backend=c.backend, cache_short=c.cache_short, audio=c.use_audio)
         check_captions(ds.records, [c.captions[m] for m in c.modalities], c.manifest)
         return ds
@@ -305,7 +306,7 @@ class Stage2Stage(StageBase):
         if c.shards:
             from iv2.data.shards import ShardReader
             if not self._shards_checked: self.check_shard_captions(); self._shards_checked = True
-            reader = ShardReader(c.shards, num_frames=c.num_frames, sampling="tsn", train=c.train_aug, size=c.size, seed=seed,
+            reader = ShardReader(c.shards, num_frames=c.num_frames, sampling="tsn", train=c.train_aug, flip=c.hflip, size=c.size, seed=seed,
                                  audio=c.use_audio, split=c.split)
             it = reader.batches(rank, world_size, epoch, seed, micro_batch, start, c.num_workers)
         else: it = loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage2", c.num_workers)

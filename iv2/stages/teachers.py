@@ -38,7 +38,8 @@ class TeacherTrainConfig(Config):
     max_text_len: int = 48
     lock_text: bool = True              # image-text: keep the pretrained text tower frozen (features cached per caption)
     num_workers: int = 0
-    train_aug: bool = True              # multi-scale crop + flip
+    train_aug: bool = True              # multi-scale crop (+ flip when hflip)
+    hflip: bool = False                 # mirroring contradicts captions that name a side ("bounces off the left edge")
     backend: str = "decord"             # decord | pyav | cache
     cache_short: int = 64
 
@@ -75,7 +76,7 @@ class _TeacherStageBase(StageBase):
     def dataset(self, num_frames: int, seed: int = 0, split: str | None = None, train: bool | None = None) -> VideoDataset:
         c = self.cfg
         return VideoDataset(require_manifest(c.manifest, "TeacherTrainConfig.manifest"), split=c.split if split is None else split, num_frames=num_frames, sampling="tsn",
-                            train=c.train_aug if train is None else train, size=c.teacher.img_size, seed=seed,
+                            train=c.train_aug if train is None else train, flip=c.hflip, size=c.teacher.img_size, seed=seed,
                             backend=c.backend, cache_short=c.cache_short)
 
 class CLIPTeacherStage(_TeacherStageBase):
