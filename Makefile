@@ -98,6 +98,8 @@ reproduce: install  ## PRESET=tiny|small: world -> teachers -> stage 1 -> stage 
 	$(BIN)/iv2 run stage2 $(W) -p preset tiny_av -p modalities vt,at -p seeds 0 -p random_init_control False -p steps $(S2_STEPS) --run-name stage2_av
 	$(BIN)/iv2 run stage3 $(W) $(S3_ARGS)
 	$(BIN)/iv2 run eval_action $(W)
+	# the learnability control: the labels learned directly, from scratch, by the tiny ViT and a small 3D CNN
+	$(BIN)/iv2 run ceiling $(W)
 	# the tiny ViT has 4 blocks: features of block -2 (the paper's 7th from the last, of 40 blocks, needs 7 or more)
 	$(BIN)/iv2 run features $(W) -p encoder_dir "$$(ls -d runs/stage2-*/stage1-seed0 | tail -n 1)" -p layer -2
 	$(BIN)/iv2 run vidcap_shots $(W)

@@ -192,7 +192,7 @@ def render_report(run_dir: str | os.PathLike, reports_root: str | os.PathLike | 
     return rep
 
 # %% ../nbs/60_reports.ipynb #5c067cf1
-PIPELINE_ORDER = ("synth_world", "teachers", "stage1", "stage2", "stage2_av", "stage3", "eval_action", "features",
+PIPELINE_ORDER = ("synth_world", "teachers", "stage1", "stage2", "stage2_av", "stage3", "eval_action", "ceiling", "features",
                   "vidcap_shots", "vidcap", "vidcap_models", "ablation_teachers", "ablation_stage2", "ablation_stage3", "bench_vit",
                   "throughput", "memory_plan")
 
