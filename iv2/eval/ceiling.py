@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from ..encoders.vit import VisionConfig, VisionTransformer
 
 # %% auto #0
