@@ -32,6 +32,7 @@ class Stage1Config(Config):
     "Stage-1 model and data: student preset, teachers (and which are used), mask, alignment, data."
     student: str = "tiny"                                   # VisionConfig preset; img_size/num_frames set below
     student_drop_path: float = -1.0                         # < 0: the preset's
+    student_tubelet: int = 1                                # 1: the paper (T frames, a token per frame); 2: all 2T frames, tubelet 2
     teachers: Literal["both", "mm_only", "motion_only"] = "both"
     mm_teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig.preset("tiny_clip"))
     motion_teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig.preset("tiny_videomae"))
@@ -62,8 +63,9 @@ class Stage1Config(Config):
     def use_motion(self) -> bool: return self.teachers in ("both", "motion_only")
 
     def student_config(self) -> VisionConfig:
-        "The student's `VisionConfig`: the preset at `size` px and T = `num_frames` frames."
-        kw = dict(img_size=self.size, num_frames=self.num_frames)
+        """The student's `VisionConfig`: the preset at `size` px and T = `num_frames` token frames; with `student_tubelet=2`
+        it reads all 2T frames, two per token (VideoMAE's patching), so its T token frames still line up with the teachers'."""
+        kw = dict(img_size=self.size, num_frames=self.num_frames * self.student_tubelet, tubelet_size=self.student_tubelet)
         if self.student_drop_path >= 0: kw["drop_path"] = self.student_drop_path
         return VisionConfig.preset(self.student, **kw)
 
@@ -78,6 +80,7 @@ class Stage1Config(Config):
         def need(ok, f, msg):
             if not ok: raise ConfigError(f"Stage1Config.{f}: {msg}")
         need(self.num_frames >= 1, "num_frames", f"must be >= 1, got {self.num_frames}")
+        need(self.student_tubelet in (1, 2), "student_tubelet", f"must be 1 (every second frame) or 2 (all 2T frames), got {self.student_tubelet}")
         need(self.sampling in ("tsn", "uniform", "consecutive"), "sampling", f"unknown {self.sampling!r}")
         need(self.num_workers >= 0, "num_workers", ">= 0")
         need(self.backend in BACKENDS, "backend", f"expected one of {BACKENDS}, got {self.backend!r}")
@@ -166,7 +169,7 @@ class Stage1Model(nn.Module):
             self._check_grid("motion", m, T, N)
             teacher_out["mae_layers"] = o.layers[:len(lc.mae_layers)]
         visible = make_mask(cfg.mask, B, T, N, attn=attn, device=video.device)  # (B, T, K)
-        s = self.student(frames, visible=visible, return_layers=self.return_layers)
+        s = self.student(video if vc.tubelet_size == 2 else frames, visible=visible, return_layers=self.return_layers)
         if cfg.use_mm: return stage1_losses(s, teacher_out, self.heads, visible, lc)
         # motion_only: the motion term of stage1_losses, without the pooled head
         layers = dict(zip(self.return_layers, s["layers"]))
