@@ -583,7 +583,7 @@ def load_encoder_run(path: str | os.PathLike, seed: int = 0) -> EncoderRun:
         return EncoderRun(d, "stage2", model.vision_encoder.eval(), c.vision, c.size, c.num_frames, model)
     c = Stage1Config.from_dict(EngineConfig.from_yaml(d / "config.yaml").stage_args, f"{d}/config.yaml stage_args")
     enc, _ = load_vision_encoder(vision_state_dict(d), c.student_config())
-    return EncoderRun(d, "stage1", enc.eval(), c.student, c.size, c.num_frames)
+    return EncoderRun(d, "stage1", enc.eval(), c.student, c.size, c.student_config().num_frames)   # 2T for a tubelet-2 student
 
 # %% ../../nbs/44_eval_action.ipynb #374cfa1e
 def zero_shot_classifier(model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
