@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, importlib, json, math, os, random, resource, shutil, socket, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
@@ -15,9 +15,9 @@ from .config import Config, ConfigError, atomic_write_text, cache_dir, rng_for, 
 
 # %% auto #0
 __all__ = ['NO_DECAY_NAMES', 'LAUNCHERS', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'scale_out_config', 'Stage',
-           'default_param_groups', 'StageBase', 'shard_indices', 'loader_batches', 'ToyModel', 'ToyStage', 'toy_stage',
-           'RunExistsError', 'latest_checkpoint', 'training_folder', 'read_training_folder', 'free_port', 'yaml_load',
-           'train', 'load_stage', 'main', 'deepspeed_launcher', 'launch']
+           'default_param_groups', 'StageBase', 'shard_indices', 'loader_batches', 'clip_batches', 'ToyModel',
+           'ToyStage', 'toy_stage', 'RunExistsError', 'latest_checkpoint', 'training_folder', 'read_training_folder',
+           'free_port', 'yaml_load', 'train', 'load_stage', 'main', 'deepspeed_launcher', 'launch']
 
 # %% ../nbs/30_engine.ipynb #da6648ce
 @dataclass
@@ -163,6 +163,15 @@ def loader_batches(dataset, rank: int, world_size: int, epoch: int, seed: int, m
     if start >= nb: return
     ids = [int(i) for i in mine[start * micro_batch: nb * micro_batch]]
     yield from make_loader(Subset(dataset, ids), batch_size=micro_batch, num_workers=num_workers, drop_last=True)
+
+def clip_batches(shards: str, make_dataset: Callable[[int], Any], reader_kw: dict, rank: int, world_size: int, epoch: int,
+                 seed: int, micro_batch: int, start: int = 0, key: str = "data", num_workers: int = 0) -> Iterator[dict]:
+    """A video stage's micro-batches from either source: whole tar shards per rank (`ShardReader(shards, seed=seed,
+    **reader_kw)`, a cluster's data) when `shards` is set, else `loader_batches` over `make_dataset(seed)`."""
+    if shards:
+        from .data.shards import ShardReader
+        yield from ShardReader(shards, seed=seed, **reader_kw).batches(rank, world_size, epoch, seed, micro_batch, start, num_workers)
+    else: yield from loader_batches(make_dataset(seed), rank, world_size, epoch, seed, micro_batch, start, key, num_workers)
 
 # %% ../nbs/30_engine.ipynb #aa0eeef9
 class ToyModel(nn.Module):

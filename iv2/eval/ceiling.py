@@ -4,13 +4,11 @@
 
 # %% ../../nbs/46_eval_ceiling.ipynb #b7591466
 from __future__ import annotations
-import time
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 from ..encoders.vit import VisionConfig, VisionTransformer
+from .probe import predict_logits, top_k_accuracy, train_classifier
 
 # %% auto #0
 __all__ = ['BASELINES', 'cache_clips', 'C3D', 'make_baseline', 'logits_of', 'select_frames', 'accuracy', 'fit_classifier']
@@ -64,13 +62,10 @@ def select_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
     if frames > T or T % frames: raise ValueError(f"select_frames: cannot take {frames} evenly spaced frames of {T}")
     return x[:, :, :: T // frames]
 
-@torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128) -> float:
-    "Top-1 accuracy of `model` (evaluation mode) on float inputs `x` and labels `y`."
-    model.eval(); hits = 0
-    for i in range(0, len(y), batch_size):
-        hits += (logits_of(model, x[i:i + batch_size].float()).argmax(-1) == y[i:i + batch_size]).sum().item()
-    return hits / max(len(y), 1)
+    "Top-1 accuracy of `model` (evaluation mode) on inputs `x` and labels `y`."
+    model.eval()
+    return top_k_accuracy(predict_logits(lambda v: logits_of(model, v), x, batch_size), y, 1)
 
 def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                    frames: int | None = None, epochs: int = 30, lr: float = 5e-4, batch_size: int = 32, weight_decay: float = 0.05,
@@ -80,19 +75,13 @@ def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
     if len(x_train) != len(y_train) or len(x_test) != len(y_test): raise ValueError("fit_classifier: videos and labels differ in length")
     if epochs < 1 or batch_size < 1: raise ValueError(f"fit_classifier: epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     if frames is not None: x_train, x_test = select_frames(x_train, frames), select_frames(x_test, frames)
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * -(-len(y_train) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
-    hist, t = [], 0.0
-    for ep in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        model.train(); t0 = time.time(); total = 0.0
-        for b in torch.randperm(len(y_train), generator=g).split(batch_size):
-            loss = F.cross_entropy(logits_of(model, x_train[b].float()), y_train[b])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-            total += loss.item() * len(b)
-        t += time.time() - t0
-        hist.append(dict(epoch=ep + 1, train_loss=total / len(y_train), seconds=round(t, 2),
+    hist, bar = [], tqdm(total=epochs, desc=desc, disable=not progress, leave=False)
+    def after_epoch(ep, loss, secs):
+        hist.append(dict(epoch=ep, train_loss=loss, seconds=round(secs + (hist[-1]["seconds"] if hist else 0.0), 2),
                          train_acc=accuracy(model, x_train[:train_eval], y_train[:train_eval]),
                          test_acc=accuracy(model, x_test, y_test)))
+        bar.update()
+    train_classifier(model, lambda v: logits_of(model, v), x_train, y_train, epochs, batch_size, lr, weight_decay, seed,
+                     after_epoch=after_epoch)
+    bar.close()
     return hist

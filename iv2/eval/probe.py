@@ -4,9 +4,9 @@
 
 # %% ../../nbs/40_eval_probe.ipynb #70ace508
 from __future__ import annotations
-import math
+import math, time
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,7 +15,8 @@ from ..encoders.vit import AttentionPool
 
 # %% auto #0
 __all__ = ['Pooling', 'top_k_accuracy', 'confusion_matrix', 'ProbeResult', 'plot_confusion', 'extract_features', 'extract_tokens',
-           'pixel_features', 'Standardizer', 'linear_probe', 'AttentiveHead', 'attentive_probe']
+           'pixel_features', 'Standardizer', 'linear_probe', 'AttentiveHead', 'train_classifier', 'predict_logits',
+           'attentive_probe']
 
 # %% ../../nbs/40_eval_probe.ipynb #b6b51300
 def _check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels") -> torch.Tensor:
@@ -223,6 +224,36 @@ class AttentiveHead(nn.Module):
         self.head = nn.Linear(dim, num_classes)
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.head(self.norm(self.pool(x)))
 
+def train_classifier(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                     epochs: int, batch_size: int, lr: float, weight_decay: float = 0.05, seed: int = 0,
+                     device: str | torch.device = "cpu", after_epoch: Callable[[int, float, float], None] | None = None) -> list[float]:
+    """Supervised training of `model` from its current weights: AdamW, cosine decay over all steps, cross-entropy of
+    `forward(x[batch])` against `y[batch]` on mini-batches shuffled by `seed`; inputs are cast to float32 per batch.
+    Returns the mean loss of each epoch; `after_epoch(epoch, loss, seconds)` (1-based epoch, that epoch's training time)
+    runs after each, e.g. to evaluate."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    N = x.shape[0]; steps = epochs * math.ceil(N / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for ep in range(epochs):
+        model.train(); t0 = time.time()
+        perm, tot = torch.randperm(N, generator=g), 0.0
+        for i in range(0, N, batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(forward(x[idx].to(device).float()), y[idx].to(device))
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+            tot += loss.item() * len(idx)
+        losses.append(tot / N)
+        if after_epoch is not None: after_epoch(ep + 1, losses[-1], time.time() - t0)
+    return losses
+
+@torch.no_grad()
+def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    "`forward` over `x` in batches (cast to float32), logits concatenated on the CPU; the caller sets eval mode."
+    return torch.cat([forward(x[i:i + batch_size].to(device).float()).cpu() for i in range(0, len(x), batch_size)])
+
 def attentive_probe(train_tokens: torch.Tensor, train_y: torch.Tensor, test_tokens: torch.Tensor, test_y: torch.Tensor,
                     num_classes: int, num_heads: int = 4, epochs: int = 30, batch_size: int = 64, lr: float = 1e-3,
                     weight_decay: float = 0.05, seed: int = 0, device: str | torch.device = "cpu") -> ProbeResult:
@@ -236,23 +267,8 @@ def attentive_probe(train_tokens: torch.Tensor, train_y: torch.Tensor, test_toke
         model = AttentiveHead(train_tokens.shape[2], num_classes, num_heads).to(device)
         for m in model.modules():
             if isinstance(m, nn.Linear): nn.init.trunc_normal_(m.weight, std=0.02)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        N = train_tokens.shape[0]; steps = epochs * math.ceil(N / batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-        g = torch.Generator().manual_seed(seed)
-        losses = []
-        model.train()
-        for _ in range(epochs):
-            perm, tot = torch.randperm(N, generator=g), 0.0
-            for i in range(0, N, batch_size):
-                idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(model(train_tokens[idx].to(device)), train_y[idx].to(device))
-                opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-                tot += loss.item() * len(idx)
-            losses.append(tot / N)
+        losses = train_classifier(model, model, train_tokens, train_y, epochs, batch_size, lr, weight_decay, seed, device)
         model.eval()
-        with torch.no_grad():
-            pred = lambda t: torch.cat([model(t[i:i + 256].to(device)).cpu() for i in range(0, len(t), 256)])
-            train_top1 = top_k_accuracy(pred(train_tokens), train_y, 1)
-            logits = pred(test_tokens)
+        train_top1 = top_k_accuracy(predict_logits(model, train_tokens, device=device), train_y, 1)
+        logits = predict_logits(model, test_tokens, device=device)
     return ProbeResult.from_logits(logits, test_y, num_classes, train_loss=losses, train_top1=train_top1)

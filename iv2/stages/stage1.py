@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-from ..engine import EngineConfig, StageBase, default_param_groups, loader_batches
+from ..engine import EngineConfig, StageBase, clip_batches, default_param_groups
 from ..encoders.vit import VisionConfig, VisionTransformer
 from ..teachers import TeacherConfig, build_teacher
 from ..masking import MaskConfig, make_mask
@@ -207,22 +207,21 @@ class Stage1Stage(StageBase):
         video = batch["video"] if isinstance(batch, dict) else batch
         return model(video)
 
+    def clip_kw(self) -> dict:
+        "What the manifest's `VideoDataset` and a `ShardReader` share: 2T frames each, the sampling, the augmentation, the split."
+        c = self.cfg
+        return dict(num_frames=2 * c.num_frames, sampling=c.sampling, train=c.train_aug, flip=c.hflip, size=c.size, split=c.split)
+
     def dataset(self, seed: int = 0) -> VideoDataset:
         "The manifest's clips with 2T frames each."
         c = self.cfg
-        return VideoDataset(require_manifest(c.manifest, "Stage1Config.manifest"), split=c.split, num_frames=2 * c.num_frames, sampling=c.sampling,
-                            train=c.train_aug, flip=c.hflip, size=c.size, seed=seed, backend=c.backend, cache_short=c.cache_short)
+        return VideoDataset(require_manifest(c.manifest, "Stage1Config.manifest"), seed=seed, backend=c.backend, cache_short=c.cache_short,
+                            **self.clip_kw())
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:
         "The rank's micro-batches: whole tar shards per rank when `shards` is set (a cluster's data), else the manifest's clips."
-        c = self.cfg
-        if c.shards:
-            from iv2.data.shards import ShardReader
-            reader = ShardReader(c.shards, num_frames=2 * c.num_frames, sampling=c.sampling, train=c.train_aug, flip=c.hflip, size=c.size, seed=seed,
-                                 split=c.split)
-            yield from reader.batches(rank, world_size, epoch, seed, micro_batch, start, c.num_workers)
-        else:
-            yield from loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage1", c.num_workers)
+        yield from clip_batches(self.cfg.shards, self.dataset, self.clip_kw(), rank, world_size, epoch, seed, micro_batch, start,
+                                "stage1", self.cfg.num_workers)
 
 def stage1(preset: str | None = None, **stage_args) -> Stage1Stage:
     "Factory for `python -m iv2.engine --stage iv2.stages.stage1:stage1` (stage_args: `Stage1Config` fields)."

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, ConfigError, rng_for
-from ..engine import EngineConfig, StageBase, default_param_groups, loader_batches, latest_checkpoint
+from ..engine import EngineConfig, StageBase, clip_batches, default_param_groups, latest_checkpoint
 from ..encoders.vit import VisionConfig, VisionTransformer
 from ..encoders.text import TextConfig, load_text_encoder, tokenize
 from ..encoders.audio import AudioConfig, AudioEncoder
@@ -285,10 +285,15 @@ class Stage2Stage(StageBase):
 
     def dataset(self, seed: int = 0) -> VideoDataset:
         c = self.cfg
-        ds = VideoDataset(require_manifest(c.manifest, "Stage2Config.manifest"), split=c.split, num_frames=c.num_frames, sampling="tsn", train=c.train_aug, flip=c.hflip, size=c.size,
-                          seed=seed, backend=c.backend, cache_short=c.cache_short, audio=c.use_audio)
+        ds = VideoDataset(require_manifest(c.manifest, "Stage2Config.manifest"), seed=seed, backend=c.backend, cache_short=c.cache_short,
+                          **self.clip_kw())
         check_captions(ds.records, [c.captions[m] for m in c.modalities], c.manifest)
         return ds
+
+    def clip_kw(self) -> dict:
+        "What the manifest's `VideoDataset` and a `ShardReader` share: T frames (TSN), the augmentation, audio, the split."
+        c = self.cfg
+        return dict(num_frames=c.num_frames, sampling="tsn", train=c.train_aug, flip=c.hflip, size=c.size, audio=c.use_audio, split=c.split)
 
     def check_shard_captions(self) -> None:
         """With `shards`: check the captions once, before training, on the manifest the shards were written from
@@ -303,14 +308,9 @@ class Stage2Stage(StageBase):
         """The rank's micro-batches, each with its `epoch` (clips with several captions pair with another one per epoch):
         whole tar shards per rank (video and audio decoded from the tar's bytes) when `shards` is set, else the manifest's clips."""
         c = self.cfg
-        if c.shards:
-            from iv2.data.shards import ShardReader
-            if not self._shards_checked: self.check_shard_captions(); self._shards_checked = True
-            reader = ShardReader(c.shards, num_frames=c.num_frames, sampling="tsn", train=c.train_aug, flip=c.hflip, size=c.size, seed=seed,
-                                 audio=c.use_audio, split=c.split)
-            it = reader.batches(rank, world_size, epoch, seed, micro_batch, start, c.num_workers)
-        else: it = loader_batches(self.dataset(seed), rank, world_size, epoch, seed, micro_batch, start, "stage2", c.num_workers)
-        for b in it: yield {**b, "epoch": epoch}
+        if c.shards and not self._shards_checked: self.check_shard_captions(); self._shards_checked = True
+        for b in clip_batches(c.shards, self.dataset, self.clip_kw(), rank, world_size, epoch, seed, micro_batch, start, "stage2", c.num_workers):
+            yield {**b, "epoch": epoch}
 
 def stage2(preset: str | None = None, **stage_args) -> Stage2Stage:
     "Factory for `python -m iv2.engine --stage iv2.stages.stage2:stage2` (stage_args: `Stage2Config` fields)."
