@@ -14,8 +14,8 @@ from .encoders.vit import VisionConfig, VisionTransformer, interpolate_pos_embed
 # %% auto #0
 __all__ = ['WRAPPER_KEYS', 'Kind', 'STAGE2_PREFIX', 'DISTILL_KEYS', 'DROP_REASONS', 'META_KEY', 'CheckpointError',
            'unwrap_state_dict', 'load_torch_file', 'read_state_dict', 'detect_kind', 'split_encoder_keys',
-           'infer_vision_config', 'compress_keys', 'LoadReport', 'prepare_state_dict', 'load_vision_encoder',
-           'sanity_forward', 'save_checkpoint', 'load_checkpoint']
+           'infer_vision_config', 'compress_keys', 'LoadReport', 'checkpoint_tubelet', 'prepare_state_dict',
+           'load_vision_encoder', 'sanity_forward', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/14_checkpoints.ipynb #d081b798
 class CheckpointError(ValueError):
@@ -177,7 +177,6 @@ class LoadReport:
     def ok(self) -> bool: return not self.missing and not self.unexpected
 
     def __str__(self) -> str:
-        n_drop = sum(len(v) for v in self.dropped.values())
         lines = [f"LoadReport(kind={self.kind}, source={self.source}, checkpoint {self.src_frames} frames x "
                  f"{self.src_grid}x{self.src_grid} patches, dtype {self.dtype})",
                  f"  loaded: {len(self.loaded)} tensors into VisionTransformer"]
@@ -211,11 +210,21 @@ def _src_layout(pe: torch.Tensor, cfg: VisionConfig, img_pe: torch.Tensor | None
         if g and L % (g * g) == 0: return L // (g * g), g
     raise CheckpointError(f"cannot tell the frame count of pos_embed {tuple(pe.shape)} (tried grids {cands}); pass src_frames=")
 
+def checkpoint_tubelet(sd: Mapping[str, torch.Tensor]) -> int | None:
+    "Frames per video token of the encoder in `sd` (the time extent of its `patch_embed.proj.weight`, any key prefix); None without one."
+    w = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
+    return int(w.shape[2]) if w is not None and w.dim() == 5 else None
+
 def prepare_state_dict(sd: Mapping[str, torch.Tensor], cfg: VisionConfig | None = None, kind: Kind = "auto",
                        src_frames: int | None = None, source: str = "<state dict>") -> tuple[dict, LoadReport, VisionConfig]:
     "Split, drop, resample and check a checkpoint against `cfg` (inferred when None); -> (encoder sd, report, cfg)."
     enc, dropped, kind = split_encoder_keys(sd, kind)
     if cfg is None: cfg = infer_vision_config(enc)
+    k = checkpoint_tubelet(enc)
+    if k is not None and k != cfg.tubelet_size:
+        raise CheckpointError(f"{source} (kind {kind}): its video tokens span {k} frame(s) each (patch_embed.proj.weight "
+                              f"{tuple(enc['patch_embed.proj.weight'].shape)}) but the target config has tubelet_size {cfg.tubelet_size}: "
+                              f"build the encoder with tubelet_size={k} and a multiple of {k} frames")
     rep = LoadReport(kind=kind, source=source, dropped=dropped)
     if "img_pos_embed" in enc and not cfg.img_pos_embed:
         rep.dropped.setdefault(DROP_REASONS["img_pos"], []).append("img_pos_embed"); enc.pop("img_pos_embed")

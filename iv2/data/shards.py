@@ -190,7 +190,8 @@ class ShardReader:
     def __init__(self, shards: str | os.PathLike, num_frames: int = 8, sampling: str = "tsn", train: bool = False,
                  size: int = 224, policy: BadInputPolicy | None = None, seed: int = 0, stride: int = 1,
                  label_key: str = "action_id", frame_transform=None, shuffle_shards: bool = True, shuffle_buffer: int = 0,
-                 decode: bool = True, audio: bool = False, split: str | None = None, flip: bool = True):
+                 decode: bool = True, audio: bool = False, split: str | None = None, flip: bool = True,
+                 meta: bool = False):
         if sampling not in SAMPLINGS: raise ValueError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
         if shuffle_buffer < 0: raise ValueError(f"shuffle_buffer: must be >= 0, got {shuffle_buffer}")
         self.index = read_index(shards); self.dir = Path(self.index["dir"])
@@ -202,7 +203,7 @@ class ShardReader:
         self.num_frames, self.sampling, self.train, self.size, self.stride = num_frames, sampling, train, size, stride
         self.policy, self.seed, self.label_key, self.frame_transform = policy or BadInputPolicy(), seed, label_key, frame_transform
         self.shuffle_shards, self.shuffle_buffer, self.decode, self.audio = shuffle_shards, shuffle_buffer, decode, audio
-        self.flip = flip
+        self.flip, self.meta = flip, meta                                                   # meta: items carry the record's `meta` dict
         self.visited, self.skipped, self.reasons = 0, [], Counter()                          # this process only
 
     def __len__(self) -> int: return self.index["total"]
@@ -250,6 +251,7 @@ class ShardReader:
                                        self.stride, short)
         item = clip_item(frames, idx, r, index, self.size, self.train, rng, self.frame_transform, self.label_key, self.flip)
         if self.audio: add_audio(item, lambda: load_audio(parts[ext], r.start, r.end, where=where), self.train, rng, self.policy)
+        if self.meta: item["meta"] = dict(r.meta)                                             # e.g. stage 3's QA turns
         return item
 
     def _positions(self, rank: int, world_size: int, epoch: int, seed: int, start: int) -> Iterator:

@@ -19,7 +19,7 @@ from ..encoders.text import TextConfig, load_text_encoder, tokenize
 from ..encoders.audio import AudioConfig, AudioEncoder
 from ..masking import MaskConfig, make_mask
 from ..contrastive import Temperature, vtc_loss, sample_hard_negatives, vtm_pairs, mask_tokens, mlm_loss
-from ..checkpoints import load_vision_encoder, read_state_dict
+from ..checkpoints import checkpoint_tubelet, load_vision_encoder, read_state_dict
 from ..data.manifest import CAPTION_KINDS, caption_texts, require_manifest
 from ..data.datasets import VideoDataset
 from ..data.media import BACKENDS
@@ -57,7 +57,8 @@ class Stage2Config(Config):
     manifest: str = ""
     shards: str = ""                         # or a tar-shard folder (write_shards with the same split); backend does not apply
     split: str | None = "train"
-    num_frames: int = 4
+    num_frames: int = 4                      # frames read per clip
+    tubelet: int = 1                         # frames per video token: 1 the paper; 2 for a stage-1 student of student_tubelet=2
     size: int = 224
     train_aug: bool = True                                  # multi-scale crop (+ flip when hflip)
     hflip: bool = False                                     # mirroring turns "moves left" into a false caption; True for mirror-invariant data
@@ -76,7 +77,7 @@ class Stage2Config(Config):
     def use_audio(self) -> bool: return any(m in ("at", "avt") for m in self.modalities)
 
     def vision_config(self) -> VisionConfig:
-        return VisionConfig.preset(self.vision, img_size=self.size, num_frames=self.num_frames)
+        return VisionConfig.preset(self.vision, img_size=self.size, num_frames=self.num_frames, tubelet_size=self.tubelet)
 
     def text_config(self, memory_width: int) -> TextConfig:
         return TextConfig.preset(self.text, encoder_width=memory_width, max_len=self.max_text_len)
@@ -90,6 +91,8 @@ class Stage2Config(Config):
         for m in self.modalities:
             need(self.captions.get(m) in CAPTION_KINDS, f"captions.{m}", f"expected a caption kind in {list(CAPTION_KINDS)}, got {self.captions.get(m)!r}")
         need(not self.use_audio or bool(self.audio), "audio", f"modalities {self.modalities} need an audio encoder preset")
+        need(self.tubelet in (1, 2) and self.num_frames % self.tubelet == 0, "tubelet",
+             f"must be 1 or 2 and divide num_frames ({self.num_frames}), got {self.tubelet}")
         need(self.phase in PHASES, "phase", f"expected one of {PHASES}, got {self.phase!r}")
         need(0.0 <= self.mask_ratio < 1.0, "mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
         need(0.0 < self.mlm_prob <= 1.0, "mlm_prob", f"must be in (0, 1], got {self.mlm_prob}")
@@ -128,7 +131,12 @@ class Stage2Model(nn.Module):
         cfg.validate()
         vc = cfg.vision_config()
         if cfg.vision_init:
-            self.vision_encoder, self.vision_load = load_vision_encoder(vision_state_dict(cfg.vision_init), vc)
+            sd = vision_state_dict(cfg.vision_init)
+            k = checkpoint_tubelet(sd)
+            if k is not None and k != cfg.tubelet:
+                raise ConfigError(f"Stage2Config.tubelet: {cfg.vision_init} holds a video encoder with tubelet {k} (its tokens span {k} "
+                                  f"frames), the config says {cfg.tubelet}: set tubelet={k} and num_frames = {k} x the token frames")
+            self.vision_encoder, self.vision_load = load_vision_encoder(sd, vc)
             self.vision_encoder.train()
         else: self.vision_encoder, self.vision_load = VisionTransformer(vc), None
         self.audio_encoder = None

@@ -19,7 +19,8 @@ from ..data.media import IMAGENET_MEAN, IMAGENET_STD, normalize, resize, to_tens
 # %% auto #0
 __all__ = ['LLM_TRAIN', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text', 'Stage3Model',
            'hd_grid', 'hd_tiles', 'hd_cache_short', 'hd_transform', 'stage3_state_dict', 'sample_prompt',
-           'conversation', 'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
+           'conversation', 'instruction_records', 'shuffled_turns', 'InstructionDataset', 'Stage3Stage', 'stage3',
+           'load_stage3_run', 'mcqa_answer_fn']
 
 # %% ../../nbs/34_stage3.ipynb #2f5cd957
 LLM_TRAIN = ("full", "lora", "frozen")
@@ -32,7 +33,8 @@ class Stage3Config(Config):
     vision: str = "tiny"                 # VisionConfig preset of the video encoder
     vision_init: str = ""                # stage-2 (or stage-1) run folder / checkpoint with its weights; "" -> random init
     src_frames: int = 0                  # frames the vision_init checkpoint was trained with (position embedding interpolated); 0 -> same
-    num_frames: int = 8
+    num_frames: int = 8                  # frames read per clip
+    tubelet: int = 1                     # frames per video token (2: a stage-2 encoder built on a student_tubelet=2 student)
     size: int = 56
     vision_layer: int = -2               # the block whose tokens feed the QFormer (-2: the penultimate)
     vision_train: bool = False           # stage 3 proper keeps the encoder frozen; HD post-training trains it
@@ -72,6 +74,8 @@ class Stage3Config(Config):
     def validate(self):
         if self.llm_train not in LLM_TRAIN: raise ConfigError(f"Stage3Config.llm_train: expected one of {LLM_TRAIN}, got {self.llm_train!r}")
         if self.hd_max_tiles < 0: raise ConfigError(f"Stage3Config.hd_max_tiles: must be >= 0, got {self.hd_max_tiles}")
+        if self.tubelet not in (1, 2) or self.num_frames % self.tubelet:
+            raise ConfigError(f"Stage3Config.tubelet: must be 1 or 2 and divide num_frames ({self.num_frames}), got {self.tubelet}")
         if self.max_turns < 0: raise ConfigError(f"Stage3Config.max_turns: must be >= 0, got {self.max_turns}")
         if self.num_queries + self.extra_queries < 1: raise ConfigError("Stage3Config: need at least one query token")
         if self.qformer_width % self.qformer_heads: raise ConfigError("Stage3Config.qformer_width must be a multiple of qformer_heads")
@@ -143,12 +147,16 @@ class Stage3Model(nn.Module):
     def __init__(self, cfg: Stage3Config):
         super().__init__()
         self.cfg = cfg = cfg.validate()
-        vc = VisionConfig.preset(cfg.vision, img_size=cfg.size, num_frames=cfg.num_frames, drop_path=0.0)
+        vc = VisionConfig.preset(cfg.vision, img_size=cfg.size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet, drop_path=0.0)
         if cfg.vision_init:
             from iv2.stages.stage2 import vision_state_dict
-            from iv2.checkpoints import load_vision_encoder
-            self.vision_encoder, self.vision_load = load_vision_encoder(vision_state_dict(cfg.vision_init), vc,
-                                                                        src_frames=cfg.src_frames or None)
+            from iv2.checkpoints import checkpoint_tubelet, load_vision_encoder
+            sd = vision_state_dict(cfg.vision_init)
+            k = checkpoint_tubelet(sd)
+            if k is not None and k != cfg.tubelet:
+                raise ConfigError(f"Stage3Config.tubelet: {cfg.vision_init} holds a video encoder with tubelet {k}, the config says "
+                                  f"{cfg.tubelet}: set tubelet={k} (and num_frames to a multiple of it)")
+            self.vision_encoder, self.vision_load = load_vision_encoder(sd, vc, src_frames=cfg.src_frames or None)
         else: self.vision_encoder, self.vision_load = VisionTransformer(vc), None
         self.vision_encoder.requires_grad_(cfg.vision_train)
         C = vc.embed_dim
@@ -317,25 +325,42 @@ def conversation(turns: Sequence[dict], n_video: int) -> tuple[list[tuple[str, s
     made = [sample_prompt(qa, n_video if k == 0 else 0) for k, qa in enumerate(turns)]
     return [(p, t) for p, t, _ in made], made[0][2]
 
+def instruction_records(data) -> list:
+    """The `ClipRecord`s of VideoChat2 instruction data (a JSON file or a list of `{"video", "QA", ["start", "end"]}`):
+    id `ins<k>`, the video and window, and the QA turns in `meta["QA"]` (so `write_shards` packs them with the video)."""
+    import json
+    from iv2.data.manifest import ClipRecord
+    where = str(data) if isinstance(data, (str, os.PathLike)) else "instruction data"
+    items = json.loads(Path(data).read_text()) if isinstance(data, (str, os.PathLike)) else list(data)
+    for k, it in enumerate(items):
+        if not isinstance(it, dict) or "video" not in it or not it.get("QA"):
+            raise ValueError(f"{where} item {k}: needs 'video' and a non-empty 'QA' list")
+        for t, qa in enumerate(it["QA"]):
+            if not isinstance(qa, dict) or not isinstance(qa.get("a"), str) or not qa["a"]:
+                raise ValueError(f"{where} item {k} QA {t}: needs an answer 'a' (text)")
+    return [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end"), meta={"QA": it["QA"]})
+            for k, it in enumerate(items)]
+
+def shuffled_turns(qa: Sequence[dict], seed: int, epoch: int, index: int, max_turns: int = 0) -> list[dict]:
+    "Clip `index`'s QA turns in this epoch's order (VideoChat2 shuffles them), the first `max_turns` when > 0."
+    from iv2.config import rng_for
+    order = rng_for(seed, epoch, index, "qa").permutation(len(qa))
+    return [dict(qa[k]) for k in order[:max_turns or None]]
+
+def _hd(size: int, hd_max_tiles: int):
+    "The HD frame transform `(T,H,W,3) -> (K,3,T,size,size)`, or None when HD is off."
+    import functools
+    return functools.partial(hd_transform, tile=size, max_tiles=hd_max_tiles) if hd_max_tiles else None
+
 class InstructionDataset(torch.utils.data.Dataset):
     "Clips of VideoChat2 instruction records with their QA turns in a new order each epoch; frames via `VideoDataset`."
     def __init__(self, data, video_root: str | os.PathLike = ".", num_frames: int = 8, size: int = 224, seed: int = 0,
                  backend: str = "decord", cache_short: int = 64, max_turns: int = 0, hd_max_tiles: int = 0):
-        import functools, json
         from iv2.data.datasets import VideoDataset
-        from iv2.data.manifest import ClipRecord
-        where = str(data) if isinstance(data, (str, os.PathLike)) else "instruction data"
-        items = json.loads(Path(data).read_text()) if isinstance(data, (str, os.PathLike)) else list(data)
-        for k, it in enumerate(items):
-            if not isinstance(it, dict) or "video" not in it or not it.get("QA"):
-                raise ValueError(f"{where} item {k}: needs 'video' and a non-empty 'QA' list")
-            for t, qa in enumerate(it["QA"]):
-                if not isinstance(qa, dict) or not isinstance(qa.get("a"), str) or not qa["a"]:
-                    raise ValueError(f"{where} item {k} QA {t}: needs an answer 'a' (text)")
-        self.qa = [it["QA"] for it in items]
+        recs = instruction_records(data)
+        self.qa = [r.meta["QA"] for r in recs]
         self.seed, self.epoch, self.max_turns = seed, 0, max_turns
-        recs = [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end")) for k, it in enumerate(items)]
-        hd = functools.partial(hd_transform, tile=size, max_tiles=hd_max_tiles) if hd_max_tiles else None   # (K,3,T,size,size)
+        hd = _hd(size, hd_max_tiles)
         self.videos = VideoDataset(recs, root=video_root, num_frames=num_frames, sampling="uniform", train=False, size=size,
                                    seed=seed, backend=backend, cache_short=hd_cache_short(size, cache_short) if hd else cache_short,
                                    frame_transform=hd)
@@ -344,16 +369,17 @@ class InstructionDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int): self.epoch = int(epoch); self.videos.set_epoch(epoch)
 
     def __getitem__(self, i: int) -> dict:
-        from iv2.config import rng_for
         v = self.videos[i]; j = v["index"]                  # the policy may have moved on to another clip
-        order = rng_for(self.seed, self.epoch, j, "qa").permutation(len(self.qa[j]))   # VideoChat2 shuffles the QA order
-        turns = [dict(self.qa[j][k]) for k in order[:self.max_turns or None]]
+        turns = shuffled_turns(self.qa[j], self.seed, self.epoch, j, self.max_turns)
         return {"video": v["video"], "id": v["id"], "turns": turns, "skipped": v["skipped"]}
 
 class Stage3Stage:
-    "Stage 3 for `iv2.engine.train`: `Stage3Model`, its trainable parameters, the answer loss, instruction batches."
-    def __init__(self, cfg: Stage3Config, data, video_root: str | os.PathLike = ".", backend: str = "decord", num_workers: int = 0):
+    """Stage 3 for `iv2.engine.train`: `Stage3Model`, its trainable parameters, the answer loss, instruction batches from
+    `data` (with the videos under `video_root`) or, when `shards` is set, from tar shards of `instruction_records(data)`."""
+    def __init__(self, cfg: Stage3Config, data, video_root: str | os.PathLike = ".", backend: str = "decord", num_workers: int = 0,
+                 shards: str = ""):
         self.cfg, self.data, self.video_root, self.backend, self.num_workers = cfg.validate(), data, video_root, backend, num_workers
+        self.shards = shards
 
     def build_model(self, cfg=None) -> Stage3Model: return Stage3Model(self.cfg)
 
@@ -368,17 +394,28 @@ class Stage3Stage:
         return {"loss": model(batch["video"], [c for c, _ in convs], None, [q for _, q in convs])}
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0):
+        "The rank's micro-batches `{video, id, turns, ...}`: whole tar shards per rank when `shards` is set, else the instruction data."
+        c = self.cfg
+        if self.shards:
+            from iv2.data.shards import ShardReader
+            reader = ShardReader(self.shards, num_frames=c.num_frames, sampling="uniform", train=False, size=c.size, seed=seed,
+                                 frame_transform=_hd(c.size, c.hd_max_tiles), flip=False, meta=True)
+            for b in reader.batches(rank, world_size, epoch, seed, micro_batch, start, self.num_workers):
+                b["turns"] = [shuffled_turns(m["QA"], seed, epoch, int(i), c.max_turns) for m, i in zip(b.pop("meta"), b["index"])]
+                yield b
+            return
         from iv2.engine import loader_batches
-        ds = InstructionDataset(self.data, self.video_root, self.cfg.num_frames, self.cfg.size, seed, self.backend,
-                                max_turns=self.cfg.max_turns, hd_max_tiles=self.cfg.hd_max_tiles)
+        ds = InstructionDataset(self.data, self.video_root, c.num_frames, c.size, seed, self.backend,
+                                max_turns=c.max_turns, hd_max_tiles=c.hd_max_tiles)
         yield from loader_batches(ds, rank, world_size, epoch, seed, micro_batch, start, "stage3", self.num_workers)
 
 def stage3(data: str = "", video_root: str = ".", backend: str = "decord", num_workers: int = 0, preset: str | None = None,
-           **cfg_args) -> Stage3Stage:
-    "Factory for `iv2.engine.launch('iv2.stages.stage3:stage3', ...)`: `stage_args` are the data and `Stage3Config` fields."
-    if not data: raise ValueError("stage3: 'data' (a VideoChat2 instruction JSON file) is required")
+           shards: str = "", **cfg_args) -> Stage3Stage:
+    """Factory for `iv2.engine.launch('iv2.stages.stage3:stage3', ...)`: `stage_args` are the data (an instruction JSON file,
+    or `shards`: a folder `write_shards(instruction_records(data), ...)` wrote) and `Stage3Config` fields."""
+    if not data and not shards: raise ValueError("stage3: 'data' (a VideoChat2 instruction JSON file) or 'shards' is required")
     cfg = Stage3Config.preset(preset, **cfg_args) if preset else Stage3Config.from_dict(cfg_args)
-    return Stage3Stage(cfg, data, video_root, backend, num_workers)
+    return Stage3Stage(cfg, data, video_root, backend, num_workers, shards)
 
 def load_stage3_run(train_dir: str | os.PathLike, cfg: Stage3Config) -> Stage3Model:
     "The model of a stage-3 training folder (its newest checkpoint), in eval mode."
