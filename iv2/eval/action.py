@@ -558,8 +558,9 @@ class EncoderRun:
     stage2: nn.Module | None = None
 
     def finetune_config(self, **kw) -> FinetuneConfig:
-        "A `FinetuneConfig` starting from this encoder (same preset, size and frames)."
-        return FinetuneConfig(encoder=str(self.train_dir), vision=self.vision, size=self.size, num_frames=self.num_frames, **kw)
+        "A `FinetuneConfig` starting from this encoder (same preset, size, frames and tubelet)."
+        va = {"tubelet_size": self.encoder.cfg.tubelet_size, **kw.pop("vision_args", {})}
+        return FinetuneConfig(encoder=str(self.train_dir), vision=self.vision, size=self.size, num_frames=self.num_frames, vision_args=va, **kw)
 
 def encoder_kind(train_dir: str | os.PathLike) -> Literal["stage1", "stage2"]:
     "Which stage trained `train_dir`, from its config.yaml's `stage_args` alone (no weights are read)."

@@ -63,9 +63,10 @@ def select_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
     return x[:, :, :: T // frames]
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128) -> float:
-    "Top-1 accuracy of `model` (evaluation mode) on inputs `x` and labels `y`."
+    "Top-1 accuracy of `model` (evaluation mode, on its own device) on inputs `x` and labels `y`; NaN when `x` is empty."
+    if not len(x): return float("nan")
     model.eval()
-    return top_k_accuracy(predict_logits(lambda v: logits_of(model, v), x, batch_size), y, 1)
+    return top_k_accuracy(predict_logits(lambda v: logits_of(model, v), x, batch_size, next(model.parameters()).device), y, 1)
 
 def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                    frames: int | None = None, epochs: int = 30, lr: float = 5e-4, batch_size: int = 32, weight_decay: float = 0.05,
@@ -82,6 +83,6 @@ def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
                          test_acc=accuracy(model, x_test, y_test)))
         bar.update()
     train_classifier(model, lambda v: logits_of(model, v), x_train, y_train, epochs, batch_size, lr, weight_decay, seed,
-                     after_epoch=after_epoch)
+                     next(model.parameters()).device, after_epoch)
     bar.close()
     return hist

@@ -74,8 +74,9 @@ class Stage3Config(Config):
     def validate(self):
         if self.llm_train not in LLM_TRAIN: raise ConfigError(f"Stage3Config.llm_train: expected one of {LLM_TRAIN}, got {self.llm_train!r}")
         if self.hd_max_tiles < 0: raise ConfigError(f"Stage3Config.hd_max_tiles: must be >= 0, got {self.hd_max_tiles}")
-        if self.tubelet not in (1, 2) or self.num_frames % self.tubelet:
-            raise ConfigError(f"Stage3Config.tubelet: must be 1 or 2 and divide num_frames ({self.num_frames}), got {self.tubelet}")
+        if self.tubelet not in (1, 2) or self.num_frames % self.tubelet or self.src_frames % self.tubelet:
+            raise ConfigError(f"Stage3Config.tubelet: must be 1 or 2 and divide num_frames ({self.num_frames}) and src_frames "
+                              f"({self.src_frames}), got {self.tubelet}")
         if self.max_turns < 0: raise ConfigError(f"Stage3Config.max_turns: must be >= 0, got {self.max_turns}")
         if self.num_queries + self.extra_queries < 1: raise ConfigError("Stage3Config: need at least one query token")
         if self.qformer_width % self.qformer_heads: raise ConfigError("Stage3Config.qformer_width must be a multiple of qformer_heads")
@@ -327,7 +328,7 @@ def conversation(turns: Sequence[dict], n_video: int) -> tuple[list[tuple[str, s
 
 def instruction_records(data) -> list:
     """The `ClipRecord`s of VideoChat2 instruction data (a JSON file or a list of `{"video", "QA", ["start", "end"]}`):
-    id `ins<k>`, the video and window, and the QA turns in `meta["QA"]` (so `write_shards` packs them with the video)."""
+    id `ins<k>`, the video and window, and in `meta` the QA turns and `index` k (so `write_shards` packs them with the video)."""
     import json
     from iv2.data.manifest import ClipRecord
     where = str(data) if isinstance(data, (str, os.PathLike)) else "instruction data"
@@ -338,8 +339,8 @@ def instruction_records(data) -> list:
         for t, qa in enumerate(it["QA"]):
             if not isinstance(qa, dict) or not isinstance(qa.get("a"), str) or not qa["a"]:
                 raise ValueError(f"{where} item {k} QA {t}: needs an answer 'a' (text)")
-    return [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end"), meta={"QA": it["QA"]})
-            for k, it in enumerate(items)]
+    return [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end"),
+                       meta={"QA": it["QA"], "index": k}) for k, it in enumerate(items)]
 
 def shuffled_turns(qa: Sequence[dict], seed: int, epoch: int, index: int, max_turns: int = 0) -> list[dict]:
     "Clip `index`'s QA turns in this epoch's order (VideoChat2 shuffles them), the first `max_turns` when > 0."
@@ -401,7 +402,9 @@ class Stage3Stage:
             reader = ShardReader(self.shards, num_frames=c.num_frames, sampling="uniform", train=False, size=c.size, seed=seed,
                                  frame_transform=_hd(c.size, c.hd_max_tiles), flip=False, meta=True)
             for b in reader.batches(rank, world_size, epoch, seed, micro_batch, start, self.num_workers):
-                b["turns"] = [shuffled_turns(m["QA"], seed, epoch, int(i), c.max_turns) for m, i in zip(b.pop("meta"), b["index"])]
+                # the turns are shuffled by the record's own index, as InstructionDataset does (not the shard position,
+                # which shifts when write_shards skipped an unreadable clip)
+                b["turns"] = [shuffled_turns(m["QA"], seed, epoch, int(m["index"]), c.max_turns) for m in b.pop("meta")]
                 yield b
             return
         from iv2.engine import loader_batches
