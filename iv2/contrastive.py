@@ -82,18 +82,26 @@ def multi_positive_targets(row_ids: torch.Tensor, col_ids: torch.Tensor | None =
     return m / m.sum(1, keepdim=True)
 
 def vtc_loss(vision: torch.Tensor, text: torch.Tensor, temp: torch.Tensor | float, ids: torch.Tensor | None = None,
-             gather: bool = True) -> torch.Tensor:
-    "Symmetric InfoNCE of (B, D) vision and text embeddings over the global batch; `ids` (B,): equal ids are all positives."
+             gather: bool = True, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE of (B, D) vision and text embeddings over the global batch; `ids` (B,): equal ids are all positives;
+    `valid` (B,) bool: only these samples take part, as rows and as candidates (a clip without an audio track in an
+    audio-text loss); 0 (still in the graph) when no sample of the global batch is valid."""
     if vision.shape != text.shape or vision.ndim != 2:
         raise ValueError(f"vtc_loss: vision {tuple(vision.shape)} and text {tuple(text.shape)} must both be (B, D)")
     if ids is not None and ids.shape != vision.shape[:1]:
         raise ValueError(f"vtc_loss: ids {tuple(ids.shape)} must be (B,) = ({vision.shape[0]},)")
+    if valid is not None and valid.shape != vision.shape[:1]:
+        raise ValueError(f"vtc_loss: valid {tuple(valid.shape)} must be (B,) = ({vision.shape[0]},)")
     v, t = F.normalize(vision.float(), dim=-1), F.normalize(text.float(), dim=-1)
     if gather:
         v, t = gather_with_grad(v, "vision"), gather_with_grad(t, "text")
         ids = gather_no_grad(ids) if ids is not None else None
-    logits = v @ t.T / temp                                                  # (N, N): videos x texts
+        valid = gather_no_grad(valid.long()).bool() if valid is not None else None   # gloo gathers no bool tensors
     ids = ids if ids is not None else torch.arange(v.shape[0], device=v.device)
+    if valid is not None:
+        if not valid.any(): return 0.0 * (v.sum() + t.sum())
+        v, t, ids = v[valid], t[valid], ids[valid]
+    logits = v @ t.T / temp                                                  # (N, N): videos x texts
     target = multi_positive_targets(ids)                                     # symmetric: the same for both directions
     v2t = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
     t2v = -(target * F.log_softmax(logits.T, dim=1)).sum(1).mean()

@@ -210,23 +210,31 @@ class Stage2Model(nn.Module):
 
     # --- losses
     def modality_losses(self, modality: str, emb: torch.Tensor, memory: torch.Tensor, texts: Sequence[str],
-                        ids: torch.Tensor, temp: torch.Tensor) -> dict[str, torch.Tensor]:
-        "VTC, VTM and MLM of one modality (`temp`: this step's clamped temperature, shared by the modalities)."
+                        ids: torch.Tensor, temp: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """VTC, VTM and MLM of one modality (`temp`: this step's clamped temperature, shared by the modalities); `valid`
+        (B,) bool: only these clips take part (see the audio policy above)."""
         cfg, tok = self.cfg, self.tokenizer
         th, tcls, t = self.encode_text(texts)
         t_emb = self.text_proj(tcls)
-        out = {"vtc": vtc_loss(emb, t_emb, temp, ids=ids)}
+        out = {"vtc": vtc_loss(emb, t_emb, temp, ids=ids, valid=valid)}
+        scale = 1.0                                                                  # VTM and MLM weight on this process
+        if valid is not None and not bool(valid.all()):
+            keep = valid.nonzero().flatten()
+            if len(set(ids[keep].tolist())) >= 2:                                    # VTM needs two distinct clips
+                th, t_emb, emb, memory, ids = th[keep], t_emb[keep], emb[keep], memory[keep], ids[keep]
+                t = {k: v[keep] for k, v in t.items()}
+            else: scale = 0.0                       # too few: computed on the whole batch, weight 0 (the graph stays the same)
         with torch.no_grad():
             sim_t2v = F.normalize(t_emb.float(), dim=-1) @ F.normalize(emb.float(), dim=-1).T / temp
         neg_v, neg_t = sample_hard_negatives(sim_t2v, ids)
         h3, m3, mem3, _, labels = vtm_pairs(th, t["attention_mask"], memory, neg_v, neg_t)
-        out["vtm"] = F.cross_entropy(self.itm_logits(h3, m3, mem3), labels)
+        out["vtm"] = scale * F.cross_entropy(self.itm_logits(h3, m3, mem3), labels)
         specials = [i for i in (tok.pad_token_id, tok.cls_token_id) if i is not None]
         mids, mlabels = mask_tokens(t["input_ids"], t["attention_mask"], self.tcfg.vocab_size, tok.mask_token_id,
                                     cfg.mlm_prob, specials)
         hm = self.text_encoder(mids, t["attention_mask"], memory)                    # (B, L, D)
         picked = mlabels != -100                                                     # vocabulary logits only where needed
-        out["mlm"] = mlm_loss(self.text_encoder.mlm_logits(hm[picked]), mlabels[picked])
+        out["mlm"] = scale * mlm_loss(self.text_encoder.mlm_logits(hm[picked]), mlabels[picked])
         return out
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -245,7 +253,9 @@ class Stage2Model(nn.Module):
                 i_tok, i_pool = self.encode_image(batch["video"])
                 emb, mem = self.embedding(m, v_pool=i_pool), self.memory(m, v_tok=i_tok)
             else: emb, mem = self.embedding(m, v_pool, a_pool), self.memory(m, v_tok, a_tok)
-            for k, v in self.modality_losses(m, emb, mem, texts, ids, temp).items():
+            present = batch.get("audio_present") if m in ("at", "avt") else None   # clips without an audio track sit out
+            valid = None if present is None else torch.as_tensor(present, dtype=torch.bool, device=ids.device)
+            for k, v in self.modality_losses(m, emb, mem, texts, ids, temp, valid).items():
                 name = f"loss_{_LOSS_PREFIX[m]}{k[1:]}" if m != "vt" else f"loss_{k}"
                 losses[name] = v
                 total = total + cfg.weights.get(k, 1.0) * v
