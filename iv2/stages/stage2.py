@@ -27,8 +27,9 @@ from ..data.media import BACKENDS
 logger = logging.getLogger("iv2.stages")
 
 # %% auto #0
-__all__ = ['logger', 'MODALITIES', 'PHASES', 'Stage2Config', 'vision_state_dict', 'Stage2Model', 'pick_caption', 'check_captions',
-           'Stage2Stage', 'stage2', 'retrieval_embeddings', 'itm_scorer', 'load_stage2_run']
+__all__ = ['logger', 'MODALITIES', 'PHASES', 'Stage2Config', 'vision_state_dict', 'init_vision_encoder', 'Stage2Model',
+           'pick_caption', 'check_captions', 'Stage2Stage', 'stage2', 'retrieval_embeddings', 'itm_scorer',
+           'load_stage2_run']
 
 # %% ../../nbs/33_stage2.ipynb #264db0b8
 MODALITIES = ("vt", "at", "avt", "it")
@@ -117,6 +118,16 @@ def vision_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         sd = {k[len("student."):]: v for k, v in sd.items() if k.startswith("student.")}
     return sd
 
+def init_vision_encoder(path: str | os.PathLike, vc: VisionConfig, owner: str, tubelet: int, src_frames: int | None = None):
+    """`(encoder, LoadReport)`: the video encoder of `path` (see `vision_state_dict`) loaded into `VisionTransformer(vc)`;
+    a checkpoint whose tubelet differs from the config's is refused naming `{owner}.tubelet` (stages 2 and 3)."""
+    sd = vision_state_dict(path)
+    k = checkpoint_tubelet(sd)
+    if k is not None and k != tubelet:
+        raise ConfigError(f"{owner}.tubelet: {path} holds a video encoder with tubelet {k} (its tokens span {k} frames), the "
+                          f"config says {tubelet}: set tubelet={k} and num_frames to {k} x the token frames")
+    return load_vision_encoder(sd, vc, src_frames=src_frames)
+
 # %% ../../nbs/33_stage2.ipynb #1b42a174
 class _MemProj(nn.Sequential):
     "Linear + LayerNorm into the decoder's memory width (used when audio and video tokens are concatenated)."
@@ -131,12 +142,7 @@ class Stage2Model(nn.Module):
         cfg.validate()
         vc = cfg.vision_config()
         if cfg.vision_init:
-            sd = vision_state_dict(cfg.vision_init)
-            k = checkpoint_tubelet(sd)
-            if k is not None and k != cfg.tubelet:
-                raise ConfigError(f"Stage2Config.tubelet: {cfg.vision_init} holds a video encoder with tubelet {k} (its tokens span {k} "
-                                  f"frames), the config says {cfg.tubelet}: set tubelet={k} and num_frames = {k} x the token frames")
-            self.vision_encoder, self.vision_load = load_vision_encoder(sd, vc)
+            self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage2Config", cfg.tubelet)
             self.vision_encoder.train()
         else: self.vision_encoder, self.vision_load = VisionTransformer(vc), None
         self.audio_encoder = None

@@ -150,14 +150,9 @@ class Stage3Model(nn.Module):
         self.cfg = cfg = cfg.validate()
         vc = VisionConfig.preset(cfg.vision, img_size=cfg.size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet, drop_path=0.0)
         if cfg.vision_init:
-            from iv2.stages.stage2 import vision_state_dict
-            from iv2.checkpoints import checkpoint_tubelet, load_vision_encoder
-            sd = vision_state_dict(cfg.vision_init)
-            k = checkpoint_tubelet(sd)
-            if k is not None and k != cfg.tubelet:
-                raise ConfigError(f"Stage3Config.tubelet: {cfg.vision_init} holds a video encoder with tubelet {k}, the config says "
-                                  f"{cfg.tubelet}: set tubelet={k} (and num_frames to a multiple of it)")
-            self.vision_encoder, self.vision_load = load_vision_encoder(sd, vc, src_frames=cfg.src_frames or None)
+            from iv2.stages.stage2 import init_vision_encoder
+            self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage3Config", cfg.tubelet,
+                                                                        cfg.src_frames or None)
         else: self.vision_encoder, self.vision_load = VisionTransformer(vc), None
         self.vision_encoder.requires_grad_(cfg.vision_train)
         C = vc.embed_dim
@@ -396,21 +391,17 @@ class Stage3Stage:
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0):
         "The rank's micro-batches `{video, id, turns, ...}`: whole tar shards per rank when `shards` is set, else the instruction data."
+        from iv2.engine import clip_batches
         c = self.cfg
-        if self.shards:
-            from iv2.data.shards import ShardReader
-            reader = ShardReader(self.shards, num_frames=c.num_frames, sampling="uniform", train=False, size=c.size, seed=seed,
-                                 frame_transform=_hd(c.size, c.hd_max_tiles), flip=False, meta=True)
-            for b in reader.batches(rank, world_size, epoch, seed, micro_batch, start, self.num_workers):
-                # the turns are shuffled by the record's own index, as InstructionDataset does (not the shard position,
-                # which shifts when write_shards skipped an unreadable clip)
+        make = lambda s: InstructionDataset(self.data, self.video_root, c.num_frames, c.size, s, self.backend,
+                                            max_turns=c.max_turns, hd_max_tiles=c.hd_max_tiles)
+        reader_kw = dict(num_frames=c.num_frames, sampling="uniform", train=False, size=c.size,
+                         frame_transform=_hd(c.size, c.hd_max_tiles), flip=False, meta=True)
+        for b in clip_batches(self.shards, make, reader_kw, rank, world_size, epoch, seed, micro_batch, start, "stage3", self.num_workers):
+            if "meta" in b:     # from shards: turns shuffled by the record's own index, as InstructionDataset does (not the
+                                # shard position, which shifts when write_shards skipped an unreadable clip)
                 b["turns"] = [shuffled_turns(m["QA"], seed, epoch, int(m["index"]), c.max_turns) for m in b.pop("meta")]
-                yield b
-            return
-        from iv2.engine import loader_batches
-        ds = InstructionDataset(self.data, self.video_root, c.num_frames, c.size, seed, self.backend,
-                                max_turns=c.max_turns, hd_max_tiles=c.hd_max_tiles)
-        yield from loader_batches(ds, rank, world_size, epoch, seed, micro_batch, start, "stage3", self.num_workers)
+            yield b
 
 def stage3(data: str = "", video_root: str = ".", backend: str = "decord", num_workers: int = 0, preset: str | None = None,
            shards: str = "", **cfg_args) -> Stage3Stage:
