@@ -332,9 +332,9 @@ TABLE17 = PaperTable(
     ("setting", "modalities", "audio learned with", "MSR-VTT"),
     (("baseline: video & text encoders, video-text learning", "vt", "-", 24.7),
      ("+ audio encoder, audio-text learning", "vt,at", "text", 24.0),
-     ("+ speech encoder, video-speech-text learning", "speech", "-", 24.9),
+     ("+ speech encoder, video-speech-text learning", "vt,st", "-", 24.9),
      ("+ audio encoder, video-audio-text learning", "vt,avt", "video and text", 27.8),
-     ("+ audio & speech encoders, video-audio-speech-text learning", "speech", "video and text", 25.7)),
+     ("+ audio & speech encoders, video-audio-speech-text learning", "vt,avst", "video and text", 25.7)),
     section="5.4.3", setting="stage-2 ablation (ViT-B, BERT-B), zero-shot", metric="MSR-VTT text-to-video R@1 (%)")
 
 TABLE18 = PaperTable(

@@ -315,7 +315,7 @@ def test_stage2_bad_parameters_are_named(tmp_path):
         assert f"parameter '{name}'" in str(e.value)
 
 
-@pytest.mark.parametrize("table, settings, names", [("17", "", ["vt", "vt,at", "vt,avt"]), ("18", "V|AVS|AVS@scdet", ["V", "AVS", "AVS@scdet"])])
+@pytest.mark.parametrize("table, settings, names", [("17", "", ["vt", "vt,at", "vt,st", "vt,avt", "vt,avst"]), ("18", "V|AVS|AVS@scdet", ["V", "AVS", "AVS@scdet"])])
 def test_stage2_grids_run_every_setting_and_cite_the_paper(teachers_and_stage1, table, settings, names):
     from pathlib import Path
     from iv2.data.manifest import read_manifest
@@ -331,6 +331,12 @@ def test_stage2_grids_run_every_setting_and_cite_the_paper(teachers_and_stage1, 
     if table == "17":   # the audio settings really trained the audio encoder, on the audio (+ video) pairs
         cfg = (next(points.glob("vt+avt-*")) / "stage1-seed0" / "config.yaml").read_text()
         assert "audio_trainable: true" in cfg and "avt" in cfg
+        # the speech points trained the speech terms on the frozen Whisper's cached tokens
+        for p, term in (("vt+st-*", "loss_stc"), ("vt+avst-*", "loss_avstc")):
+            d = next(points.glob(p)) / "stage1-seed0"
+            assert "speech: whisper-tiny.en" in (d / "config.yaml").read_text()
+            assert term in json.loads((d / "metrics.jsonl").read_text().splitlines()[0])
+        assert (Path(t) / "world" / "speech" / "whisper-tiny.en-k8" / "index.json").is_file()
     else:               # Table 18 trains on the fused captions but always evaluates on V
         s2 = json.loads((next(points.glob("AVS-*")) / "report.json").read_text())
         assert s2["scale"]["captions"] == "train vt: AVS; evaluate V"

