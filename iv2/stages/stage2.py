@@ -120,13 +120,13 @@ class Stage2Config(Config):
         self.vision_config()
 
 # %% ../../nbs/33_stage2.ipynb #932e21e4
-def vision_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def vision_state_dict(path: str | os.PathLike, field: str = "Stage2Config.vision_init") -> dict[str, torch.Tensor]:
     "Video-encoder weights from a stage-1/2 run dir, an iv2 checkpoint or a released file (prefixes `student.` / `vision_encoder.` kept for `load_vision_encoder`)."
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"Stage2Config.vision_init: {p} does not exist")
+    if not p.exists(): raise FileNotFoundError(f"{field}: {p} does not exist")
     if p.is_dir():
         ck = latest_checkpoint(p)
-        if ck is None: raise FileNotFoundError(f"Stage2Config.vision_init: {p} is a directory without checkpoints (expected a run directory)")
+        if ck is None: raise FileNotFoundError(f"{field}: {p} is a directory without checkpoints (expected a run directory)")
         p = ck / "model.safetensors"
     sd = read_state_dict(p)
     if any(k.startswith("student.") for k in sd):                       # iv2 stage-1 run: student + distillation heads
@@ -136,7 +136,7 @@ def vision_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def init_vision_encoder(path: str | os.PathLike, vc: VisionConfig, owner: str, tubelet: int, src_frames: int | None = None):
     """`(encoder, LoadReport)`: the video encoder of `path` (see `vision_state_dict`) loaded into `VisionTransformer(vc)`;
     a checkpoint whose tubelet differs from the config's is refused naming `{owner}.tubelet` (stages 2 and 3)."""
-    sd = vision_state_dict(path)
+    sd = vision_state_dict(path, f"{owner}.vision_init")
     k = checkpoint_tubelet(sd)
     if k is not None and k != tubelet:
         raise ConfigError(f"{owner}.tubelet: {path} holds a video encoder with tubelet {k} (its tokens span {k} frames), the "
