@@ -52,7 +52,7 @@ class Stage2Config(Config):
     modalities: tuple[str, ...] = ("vt",)
     captions: dict = field(default_factory=lambda: {"vt": "V", "at": "A", "avt": "AVS", "it": "V", "st": "AVS", "avst": "AVS"})
     embed_dim: int = 512                     # contrastive space
-    memory_dim: int = 768                    # decoder memory width when audio tokens join (ignored without audio)
+    memory_dim: int = 768                    # decoder memory width when audio or speech tokens join (ignored with video only)
     temp: float = 0.07
     phase: str = "masked"
     mask_ratio: float = 0.8                  # masked phase: share of video tokens hidden (random per frame)
@@ -88,6 +88,7 @@ class Stage2Config(Config):
         "The speech-token cache of `manifest` (default: this config's): `speech_cache`, or next to the manifest."
         from iv2.encoders.speech import default_speech_cache
         if self.speech_cache: return Path(self.speech_cache)
+        if not (manifest or self.manifest): raise ConfigError("Stage2Config.speech_cache: no manifest to put the cache next to; set speech_cache or manifest")
         return default_speech_cache(manifest or self.manifest, self.speech, self.speech_tokens)
 
     def vision_config(self) -> VisionConfig:
@@ -155,12 +156,12 @@ def _takes_part(batch: dict, modality: str):
     return out
 
 class _MemProj(nn.Sequential):
-    "Linear + LayerNorm into the decoder's memory width (used when audio and video tokens are concatenated)."
+    "Linear + LayerNorm into the decoder's memory width (used when audio or speech tokens join the video tokens)."
     def __init__(self, d_in: int, d_out: int):
         super().__init__(nn.Linear(d_in, d_out), nn.LayerNorm(d_out))
 
 class Stage2Model(nn.Module):
-    "Video (+ audio) and text encoders, projections, temperature, ITM head; `forward(batch) -> named losses`."
+    "Video (+ audio, + speech tokens) and text encoders, projections, temperature, ITM head; `forward(batch) -> named losses`."
     def __init__(self, cfg: Stage2Config | None = None, tokenizer=None):
         super().__init__()
         self.cfg = cfg = cfg or Stage2Config.preset("tiny")
@@ -373,9 +374,10 @@ class Stage2Stage(StageBase):
         if recs is None: logger.warning("Stage2Config.shards: %s: %s; captions are checked clip by clip during training", c.shards, why)
         else: check_captions(recs, [c.captions[m] for m in c.modalities], f"{c.shards} (source manifest)")
 
-    def speech_cache(self):
+    def speech_cache(self, rank: int = 0, world_size: int = 1):
         """The frozen speech encoder's tokens of this stage's clips (`iv2.encoders.speech.SpeechCache`), computed for the
-        clips not cached yet (the manifest's split, or the manifest the shards were written from)."""
+        clips not cached yet (the manifest's split, or the manifest the shards were written from) by rank 0; the other
+        ranks of a multi-process run wait until the cache holds their clips. No clip with an audio track is an error."""
         from iv2.encoders.speech import SpeechCache
         if self._speech is None:
             c = self.cfg
@@ -388,11 +390,17 @@ class Stage2Stage(StageBase):
             else:
                 manifest = require_manifest(c.manifest, "Stage2Config.manifest")
                 recs = VideoDataset(manifest, split=c.split, num_frames=c.num_frames).records
-            self._speech = SpeechCache(c.speech_cache_dir(manifest))
-            st = self._speech.build(recs, Path(manifest).parent, model_dir=c.speech, num_tokens=c.speech_tokens)
-            if self._speech.index.get("width") != c.speech_width:
-                raise ConfigError(f"Stage2Config.speech_width: {c.speech} gives {self._speech.index.get('width')}-wide states, the config says {c.speech_width}")
-            logger.info("speech tokens of %d clips: %s", len(recs), st)
+            sc = SpeechCache(c.speech_cache_dir(manifest))
+            if rank == 0 or world_size == 1:
+                try: st = sc.build(recs, Path(manifest).parent, model_dir=c.speech, num_tokens=c.speech_tokens, width=c.speech_width)
+                except ValueError as e: raise ConfigError(f"Stage2Config.speech / speech_tokens / speech_width / speech_cache: {e}") from None
+                logger.info("speech tokens of %d clips: %s", len(recs), st)
+            else: sc.wait_for([r.id for r in recs])
+            ids = {r.id for r in recs}
+            if not any(e["present"] for i, e in sc.index["clips"].items() if i in ids):
+                raise ConfigError(f"Stage2Config.modalities: {c.modalities} train on speech tokens, but none of the {len(recs)} clips "
+                                  f"has a readable audio track (cache {sc.root})")
+            self._speech = sc
         return self._speech
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0) -> Iterator[dict]:
@@ -401,7 +409,7 @@ class Stage2Stage(StageBase):
         clips; with a speech modality, each clip's speech tokens from the cache."""
         c = self.cfg
         if c.shards and not self._shards_checked: self.check_shard_captions(); self._shards_checked = True
-        sc = self.speech_cache() if c.use_speech else None
+        sc = self.speech_cache(rank, world_size) if c.use_speech else None
         for b in clip_batches(c.shards, self.dataset, self.clip_kw(), rank, world_size, epoch, seed, micro_batch, start, "stage2", c.num_workers):
             if sc is not None: b = sc.add_to(b)
             yield {**b, "epoch": epoch}
