@@ -124,6 +124,27 @@ def test_stage1_run_reports_probe_means_over_seeds(teachers_and_stage1):
     assert "stage1.html" in (t / "reports" / "index.html").read_text()
 
 
+def test_teachers_and_student_share_a_finer_token_grid(teachers_and_stage1):
+    "patch_size / mae_dim reach the teachers' checkpoints; the student takes their patch size unless told otherwise."
+    t, _, _ = teachers_and_stage1
+    world = str(t / "world")
+    rep_t = run_notebook("teachers", {"num_clips": 12, "data_dir": world, "batch_size": 4, "clip_steps": 2, "mae_steps": 2,
+                                      "patch_size": 8, "mae_dim": 48, "mae_heads": 2},
+                         runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
+    from iv2.teachers import load_teacher_model
+    _, mm = load_teacher_model(rep_t["metrics"]["clip_teacher"]); _, mo = load_teacher_model(rep_t["metrics"]["videomae_teacher"])
+    assert (mm.patch_size, mo.patch_size, mo.mae_dim, mo.mae_heads, mo.decoder_dim) == (8, 8, 48, 2, 24)
+    assert "patch 8" in rep_t["scale"]["model"] and "VideoMAE 48x3" in rep_t["scale"]["model"]
+    rep_s = run_notebook("stage1", {"num_clips": 12, "data_dir": world, "batch_size": 2, "teachers_dir": rep_t["run_dir"],
+                                    "steps": 2, "seeds": "0", "probe_batch": 4},
+                         runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
+    assert "patch 8," in rep_s["scale"]["student"]
+    with pytest.raises(RunError) as e:                                               # a 14-px student on 8-px teachers
+        run_notebook("stage1", {"num_clips": 12, "data_dir": world, "teachers_dir": rep_t["run_dir"], "student_patch": 14},
+                     runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
+    assert "same token grid" in str(e.value)
+
+
 def test_stage1_bad_parameters_are_named(tmp_path):
     with pytest.raises(RunError) as e:
         run_notebook("stage1", {"teachers": "motion_only", "mask_kind": "semantic"}, runs_root=tmp_path / "runs",

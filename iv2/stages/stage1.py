@@ -33,6 +33,7 @@ class Stage1Config(Config):
     student: str = "tiny"                                   # VisionConfig preset; img_size/num_frames set below
     student_drop_path: float = -1.0                         # < 0: the preset's
     student_tubelet: int = 1                                # 1: the paper (T frames, a token per frame); 2: all 2T frames, tubelet 2
+    student_patch: int = 0                                  # 0: the preset's patch size; else this (iv2 teachers must use the same grid)
     teachers: Literal["both", "mm_only", "motion_only"] = "both"
     mm_teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig.preset("tiny_clip"))
     motion_teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig.preset("tiny_videomae"))
@@ -67,6 +68,7 @@ class Stage1Config(Config):
         it reads all 2T frames, two per token (VideoMAE's patching), so its T token frames still line up with the teachers'."""
         kw = dict(img_size=self.size, num_frames=self.num_frames * self.student_tubelet, tubelet_size=self.student_tubelet)
         if self.student_drop_path >= 0: kw["drop_path"] = self.student_drop_path
+        if self.student_patch: kw["patch_size"] = self.student_patch
         return VisionConfig.preset(self.student, **kw)
 
     def loss_config(self) -> DistillLossConfig:
@@ -80,6 +82,7 @@ class Stage1Config(Config):
         def need(ok, f, msg):
             if not ok: raise ConfigError(f"Stage1Config.{f}: {msg}")
         need(self.num_frames >= 1, "num_frames", f"must be >= 1, got {self.num_frames}")
+        need(self.student_patch >= 0, "student_patch", f"0 (the preset's) or a patch size in pixels, got {self.student_patch}")
         need(self.student_tubelet in (1, 2), "student_tubelet", f"must be 1 (every second frame) or 2 (all 2T frames), got {self.student_tubelet}")
         need(self.sampling in ("tsn", "uniform", "consecutive"), "sampling", f"unknown {self.sampling!r}")
         need(self.num_workers >= 0, "num_workers", ">= 0")
