@@ -120,6 +120,7 @@ def test_stage1_run_reports_probe_means_over_seeds(teachers_and_stage1):
     assert abs(m["linear_probe_acc_random_init"] - sum(m["linear_probe_acc_random_init_per_seed"]) / 2) < 1e-3
     assert m["time_per_step_s"] > 0 and m["clips_per_s"] > 0
     assert rep["scale"]["seeds"] == [0, 1] and "semantic" in rep["scale"]["mask"]
+    assert -1 <= m["motion_head_cos"] <= 1 and 0 <= m["linear_probe_acc_motion_head"] <= 1          # the motion-head diagnostic
     for sd in (0, 1): assert (t / "runs" / rep["run_dir"].split("/")[-1] / f"seed{sd}" / "done.json").exists()
     assert "stage1.html" in (t / "reports" / "index.html").read_text()
 
