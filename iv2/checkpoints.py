@@ -14,8 +14,8 @@ from .encoders.vit import VisionConfig, VisionTransformer, interpolate_pos_embed
 # %% auto #0
 __all__ = ['WRAPPER_KEYS', 'Kind', 'STAGE2_PREFIX', 'DISTILL_KEYS', 'DROP_REASONS', 'META_KEY', 'CheckpointError',
            'unwrap_state_dict', 'load_torch_file', 'read_state_dict', 'detect_kind', 'split_encoder_keys',
-           'infer_vision_config', 'compress_keys', 'LoadReport', 'checkpoint_tubelet', 'prepare_state_dict',
-           'load_vision_encoder', 'sanity_forward', 'save_checkpoint', 'load_checkpoint']
+           'infer_vision_config', 'compress_keys', 'LoadReport', 'checkpoint_tubelet', 'checkpoint_patch',
+           'prepare_state_dict', 'load_vision_encoder', 'sanity_forward', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/14_checkpoints.ipynb #d081b798
 class CheckpointError(ValueError):
@@ -214,6 +214,11 @@ def checkpoint_tubelet(sd: Mapping[str, torch.Tensor]) -> int | None:
     "Frames per video token of the encoder in `sd` (the time extent of its `patch_embed.proj.weight`, any key prefix); None without one."
     w = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
     return int(w.shape[2]) if w is not None and w.dim() == 5 else None
+
+def checkpoint_patch(sd: Mapping[str, torch.Tensor]) -> int | None:
+    "Patch side in pixels of the encoder in `sd` (the last extent of its `patch_embed.proj.weight`, any key prefix); None without one."
+    w = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
+    return int(w.shape[-1]) if w is not None and w.dim() >= 4 else None
 
 def prepare_state_dict(sd: Mapping[str, torch.Tensor], cfg: VisionConfig | None = None, kind: Kind = "auto",
                        src_frames: int | None = None, source: str = "<state dict>") -> tuple[dict, LoadReport, VisionConfig]:

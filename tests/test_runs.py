@@ -140,6 +140,16 @@ def test_teachers_and_student_share_a_finer_token_grid(teachers_and_stage1):
                                     "steps": 2, "seeds": "0", "probe_batch": 4},
                          runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
     assert "patch 8," in rep_s["scale"]["student"]
+    # stages 2 and 3 pick the patch size up from the upstream runs (the random-init controls too), as they do the tubelet
+    rep2 = run_notebook("stage2", {"num_clips": 12, "data_dir": world, "stage1_dir": rep_s["run_dir"], "steps": 1, "batch_size": 4,
+                                   "seeds": "0", "eval_split": "train", "itm_k": 3},
+                        runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
+    assert "patch 8," in rep2["scale"]["video encoder"]
+    rep3 = run_notebook("stage3", {"num_clips": 12, "data_dir": world, "stage2_dir": rep2["run_dir"] + "/stage1-seed0", "num_frames": 4,
+                                   "steps": 1, "batch_size": 2, "eval_split": "train", "max_new_tokens": 3, "seeds": "0",
+                                   "max_eval_items": 2, "chat_clips": 1},
+                        runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
+    assert "patch 8," in rep3["scale"]["model"]
     with pytest.raises(RunError) as e:                                               # a 14-px student on 8-px teachers
         run_notebook("stage1", {"num_clips": 12, "data_dir": world, "teachers_dir": rep_t["run_dir"], "student_patch": 14},
                      runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)

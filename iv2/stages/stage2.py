@@ -19,7 +19,7 @@ from ..encoders.text import TextConfig, load_text_encoder, tokenize
 from ..encoders.audio import AudioConfig, AudioEncoder
 from ..masking import MaskConfig, make_mask
 from ..contrastive import Temperature, vtc_loss, sample_hard_negatives, vtm_pairs, mask_tokens, mlm_loss
-from ..checkpoints import checkpoint_tubelet, load_vision_encoder, read_state_dict
+from ..checkpoints import checkpoint_patch, checkpoint_tubelet, load_vision_encoder, read_state_dict
 from ..data.manifest import CAPTION_KINDS, caption_texts, require_manifest
 from ..data.datasets import VideoDataset
 from ..data.media import BACKENDS
@@ -64,6 +64,7 @@ class Stage2Config(Config):
     split: str | None = "train"
     num_frames: int = 4                      # frames read per clip
     tubelet: int = 1                         # frames per video token: 1 the paper; 2 for a stage-1 student of student_tubelet=2
+    patch: int = 0                           # patch side in px; 0: the preset's (a stage-1 student of student_patch=p needs p)
     size: int = 224
     train_aug: bool = True                                  # multi-scale crop (+ flip when hflip)
     hflip: bool = False                                     # mirroring turns "moves left" into a false caption; True for mirror-invariant data
@@ -92,7 +93,8 @@ class Stage2Config(Config):
         return default_speech_cache(manifest or self.manifest, self.speech, self.speech_tokens)
 
     def vision_config(self) -> VisionConfig:
-        return VisionConfig.preset(self.vision, img_size=self.size, num_frames=self.num_frames, tubelet_size=self.tubelet)
+        return VisionConfig.preset(self.vision, img_size=self.size, num_frames=self.num_frames, tubelet_size=self.tubelet,
+                                   **({"patch_size": self.patch} if self.patch else {}))
 
     def text_config(self, memory_width: int) -> TextConfig:
         return TextConfig.preset(self.text, encoder_width=memory_width, max_len=self.max_text_len)
@@ -108,6 +110,7 @@ class Stage2Config(Config):
         need(not self.use_audio or bool(self.audio), "audio", f"modalities {self.modalities} need an audio encoder preset")
         need(not self.use_speech or bool(self.speech), "speech", f"modalities {self.modalities} need a speech encoder (e.g. 'whisper-tiny.en')")
         need(self.speech_tokens >= 1 and self.speech_width >= 1, "speech_tokens", "speech_tokens and speech_width must be >= 1")
+        need(self.patch >= 0, "patch", f"0 (the preset's) or a patch side in px, got {self.patch}")
         need(self.tubelet in (1, 2) and self.num_frames % self.tubelet == 0, "tubelet",
              f"must be 1 or 2 and divide num_frames ({self.num_frames}), got {self.tubelet}")
         need(self.phase in PHASES, "phase", f"expected one of {PHASES}, got {self.phase!r}")
@@ -136,12 +139,16 @@ def vision_state_dict(path: str | os.PathLike, field: str = "Stage2Config.vision
 
 def init_vision_encoder(path: str | os.PathLike, vc: VisionConfig, owner: str, tubelet: int, src_frames: int | None = None):
     """`(encoder, LoadReport)`: the video encoder of `path` (see `vision_state_dict`) loaded into `VisionTransformer(vc)`;
-    a checkpoint whose tubelet differs from the config's is refused naming `{owner}.tubelet` (stages 2 and 3)."""
+    a checkpoint whose tubelet or patch size differs from the config's is refused naming `{owner}.tubelet` / `{owner}.patch`
+    (stages 2 and 3)."""
     sd = vision_state_dict(path, f"{owner}.vision_init")
     k = checkpoint_tubelet(sd)
     if k is not None and k != tubelet:
         raise ConfigError(f"{owner}.tubelet: {path} holds a video encoder with tubelet {k} (its tokens span {k} frames), the "
                           f"config says {tubelet}: set tubelet={k} and num_frames to {k} x the token frames")
+    p = checkpoint_patch(sd)
+    if p is not None and p != vc.patch_size:
+        raise ConfigError(f"{owner}.patch: {path} holds a video encoder with {p}-px patches, the config's are {vc.patch_size} px: set patch={p}")
     return load_vision_encoder(sd, vc, src_frames=src_frames)
 
 # %% ../../nbs/33_stage2.ipynb #1b42a174

@@ -35,6 +35,7 @@ class Stage3Config(Config):
     src_frames: int = 0                  # frames the vision_init checkpoint was trained with (position embedding interpolated); 0 -> same
     num_frames: int = 8                  # frames read per clip
     tubelet: int = 1                     # frames per video token (2: a stage-2 encoder built on a student_tubelet=2 student)
+    patch: int = 0                       # patch side in px; 0: the preset's (an encoder of another patch size needs it)
     size: int = 56
     vision_layer: int = -2               # the block whose tokens feed the QFormer (-2: the penultimate)
     vision_train: bool = False           # stage 3 proper keeps the encoder frozen; HD post-training trains it
@@ -77,6 +78,7 @@ class Stage3Config(Config):
         if self.tubelet not in (1, 2) or self.num_frames % self.tubelet or self.src_frames % self.tubelet:
             raise ConfigError(f"Stage3Config.tubelet: must be 1 or 2 and divide num_frames ({self.num_frames}) and src_frames "
                               f"({self.src_frames}), got {self.tubelet}")
+        if self.patch < 0: raise ConfigError(f"Stage3Config.patch: 0 (the preset's) or a patch side in px, got {self.patch}")
         if self.max_turns < 0: raise ConfigError(f"Stage3Config.max_turns: must be >= 0, got {self.max_turns}")
         if self.num_queries + self.extra_queries < 1: raise ConfigError("Stage3Config: need at least one query token")
         if self.qformer_width % self.qformer_heads: raise ConfigError("Stage3Config.qformer_width must be a multiple of qformer_heads")
@@ -148,7 +150,8 @@ class Stage3Model(nn.Module):
     def __init__(self, cfg: Stage3Config):
         super().__init__()
         self.cfg = cfg = cfg.validate()
-        vc = VisionConfig.preset(cfg.vision, img_size=cfg.size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet, drop_path=0.0)
+        vc = VisionConfig.preset(cfg.vision, img_size=cfg.size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet, drop_path=0.0,
+                                 **({"patch_size": cfg.patch} if cfg.patch else {}))
         if cfg.vision_init:
             from iv2.stages.stage2 import init_vision_encoder
             self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage3Config", cfg.tubelet,
