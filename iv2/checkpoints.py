@@ -210,14 +210,18 @@ def _src_layout(pe: torch.Tensor, cfg: VisionConfig, img_pe: torch.Tensor | None
         if g and L % (g * g) == 0: return L // (g * g), g
     raise CheckpointError(f"cannot tell the frame count of pos_embed {tuple(pe.shape)} (tried grids {cands}); pass src_frames=")
 
+def _patch_embed_weight(sd: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    "The encoder's `patch_embed.proj.weight` in `sd` (any key prefix), or None."
+    return next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
+
 def checkpoint_tubelet(sd: Mapping[str, torch.Tensor]) -> int | None:
-    "Frames per video token of the encoder in `sd` (the time extent of its `patch_embed.proj.weight`, any key prefix); None without one."
-    w = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
+    "Frames per video token of the encoder in `sd` (the time extent of its `patch_embed.proj.weight`); None without one."
+    w = _patch_embed_weight(sd)
     return int(w.shape[2]) if w is not None and w.dim() == 5 else None
 
 def checkpoint_patch(sd: Mapping[str, torch.Tensor]) -> int | None:
-    "Patch side in pixels of the encoder in `sd` (the last extent of its `patch_embed.proj.weight`, any key prefix); None without one."
-    w = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight")), None)
+    "Patch side in pixels of the encoder in `sd` (the last extent of its `patch_embed.proj.weight`); None without one."
+    w = _patch_embed_weight(sd)
     return int(w.shape[-1]) if w is not None and w.dim() >= 4 else None
 
 def prepare_state_dict(sd: Mapping[str, torch.Tensor], cfg: VisionConfig | None = None, kind: Kind = "auto",
@@ -230,6 +234,11 @@ def prepare_state_dict(sd: Mapping[str, torch.Tensor], cfg: VisionConfig | None 
         raise CheckpointError(f"{source} (kind {kind}): its video tokens span {k} frame(s) each (patch_embed.proj.weight "
                               f"{tuple(enc['patch_embed.proj.weight'].shape)}) but the target config has tubelet_size {cfg.tubelet_size}: "
                               f"build the encoder with tubelet_size={k} and a multiple of {k} frames")
+    p = checkpoint_patch(enc)
+    if p is not None and p != cfg.patch_size:
+        raise CheckpointError(f"{source} (kind {kind}): its patches are {p} px (patch_embed.proj.weight "
+                              f"{tuple(enc['patch_embed.proj.weight'].shape)}) but the target config has patch_size {cfg.patch_size}: "
+                              f"build the encoder with patch_size={p}")
     rep = LoadReport(kind=kind, source=source, dropped=dropped)
     if "img_pos_embed" in enc and not cfg.img_pos_embed:
         rep.dropped.setdefault(DROP_REASONS["img_pos"], []).append("img_pos_embed"); enc.pop("img_pos_embed")

@@ -304,6 +304,7 @@ class TeacherConfig(Config):
         need(self.num_frames % self.tubelet == 0, "num_frames", f"{self.num_frames} not a multiple of tubelet {self.tubelet}")
         need(0.0 < self.mask_ratio < 1.0, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
         need(self.init_temp > 0, "init_temp", f"must be > 0, got {self.init_temp}")
+        need(self.mae_dim % self.mae_heads == 0, "mae_dim", f"{self.mae_dim} not a multiple of mae_heads {self.mae_heads}")
 
     def vision_config(self) -> VisionConfig:
         "The per-frame `VisionConfig` of the iv2 image-text teacher (num_frames=1, no drop path)."

@@ -137,9 +137,16 @@ def test_teachers_and_student_share_a_finer_token_grid(teachers_and_stage1):
     assert (mm.patch_size, mo.patch_size, mo.mae_dim, mo.mae_heads, mo.decoder_dim) == (8, 8, 48, 2, 24)
     assert "patch 8" in rep_t["scale"]["model"] and "VideoMAE 48x3" in rep_t["scale"]["model"]
     rep_s = run_notebook("stage1", {"num_clips": 12, "data_dir": world, "batch_size": 2, "teachers_dir": rep_t["run_dir"],
-                                    "steps": 2, "seeds": "0", "probe_batch": 4},
+                                    "steps": 2, "seeds": "0", "probe_batch": 4, "teachers": "motion_only", "mask_kind": "random"},
                          runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
-    assert "patch 8," in rep_s["scale"]["student"]
+    assert "patch 8," in rep_s["scale"]["student"]                                  # the motion teacher's patch, taken by default
+    m = rep_s["metrics"]                                                             # the diagnostic: the motion head against the teacher
+    assert 0 < m["motion_head_cos"] < 1 and m["linear_probe_acc_motion_head"] >= 0
+    for bad, msg in (({"mae_dim": 50, "mae_heads": 4}, "mae_dim"), ({"patch_size": 10}, "img_size")):   # refused before training
+        with pytest.raises(RunError) as e:
+            run_notebook("teachers", {"num_clips": 12, "data_dir": world, **bad}, runs_root=t / "runs_bad", reports_root=t / "reports_bad", progress=False)
+        assert "parameters patch_size / mae_dim" in str(e.value) and msg in str(e.value)
+    assert not (t / "runs_bad").exists() or not any((t / "runs_bad").glob("teachers-*/clip"))
     # stages 2 and 3 pick the patch size up from the upstream runs (the random-init controls too), as they do the tubelet
     rep2 = run_notebook("stage2", {"num_clips": 12, "data_dir": world, "stage1_dir": rep_s["run_dir"], "steps": 1, "batch_size": 4,
                                    "seeds": "0", "eval_split": "train", "itm_k": 3},
@@ -147,9 +154,13 @@ def test_teachers_and_student_share_a_finer_token_grid(teachers_and_stage1):
     assert "patch 8," in rep2["scale"]["video encoder"]
     rep3 = run_notebook("stage3", {"num_clips": 12, "data_dir": world, "stage2_dir": rep2["run_dir"] + "/stage1-seed0", "num_frames": 4,
                                    "steps": 1, "batch_size": 2, "eval_split": "train", "max_new_tokens": 3, "seeds": "0",
-                                   "max_eval_items": 2, "chat_clips": 1},
+                                   "max_eval_items": 2, "chat_clips": 1, "hd_steps": 1},
                         runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
     assert "patch 8," in rep3["scale"]["model"]
+    rep_a = run_notebook("eval_action", {"encoder_dir": rep_s["run_dir"], "num_clips": 12, "data_dir": world, "methods": "linear,finetune",
+                                         "test_clips": 1, "test_crops": 1, "ft_steps": 1, "ft_batch": 2, "batch_size": 4},
+                         runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)   # fine-tuning builds an 8-px ViT too
+    assert 0 <= rep_a["metrics"]["finetune_top1"] <= 1
     with pytest.raises(RunError) as e:                                               # a 14-px student on 8-px teachers
         run_notebook("stage1", {"num_clips": 12, "data_dir": world, "teachers_dir": rep_t["run_dir"], "student_patch": 14},
                      runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)

@@ -558,8 +558,8 @@ class EncoderRun:
     stage2: nn.Module | None = None
 
     def finetune_config(self, **kw) -> FinetuneConfig:
-        "A `FinetuneConfig` starting from this encoder (same preset, size, frames and tubelet)."
-        va = {"tubelet_size": self.encoder.cfg.tubelet_size, **kw.pop("vision_args", {})}
+        "A `FinetuneConfig` starting from this encoder (same preset, size, frames, tubelet and patch size)."
+        va = {"tubelet_size": self.encoder.cfg.tubelet_size, "patch_size": self.encoder.cfg.patch_size, **kw.pop("vision_args", {})}
         return FinetuneConfig(encoder=str(self.train_dir), vision=self.vision, size=self.size, num_frames=self.num_frames, vision_args=va, **kw)
 
 def encoder_kind(train_dir: str | os.PathLike) -> Literal["stage1", "stage2"]:

@@ -83,6 +83,8 @@ class Stage1Config(Config):
             if not ok: raise ConfigError(f"Stage1Config.{f}: {msg}")
         need(self.num_frames >= 1, "num_frames", f"must be >= 1, got {self.num_frames}")
         need(self.student_patch >= 0, "student_patch", f"0 (the preset's) or a patch size in pixels, got {self.student_patch}")
+        need(self.student_patch == 0 or self.size % self.student_patch == 0, "student_patch",
+             f"{self.student_patch} px patches do not tile the {self.size} px input")
         need(self.student_tubelet in (1, 2), "student_tubelet", f"must be 1 (every second frame) or 2 (all 2T frames), got {self.student_tubelet}")
         need(self.sampling in ("tsn", "uniform", "consecutive"), "sampling", f"unknown {self.sampling!r}")
         need(self.num_workers >= 0, "num_workers", ">= 0")
@@ -183,6 +185,19 @@ class Stage1Model(nn.Module):
         loss_mae = torch.stack(terms).mean()
         zero = loss_mae.new_zeros(())
         return dict(loss_clip=zero, loss_final=zero, loss_mae=loss_mae, loss=lc.weights[2] * loss_mae)
+
+    def motion_head_tokens(self, video: torch.Tensor, visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last aligned motion pair on video (B, C, 2T, H, W): (the student's motion-head tokens, the teacher's tokens at the
+        same positions), each (B, T*K, D). `visible` (B, T, K) patch indices; None: every patch (as at probe time)."""
+        vc, lc = self.vcfg, self.loss_cfg
+        if not self.cfg.use_motion: raise ValueError("Stage1Model.motion_head_tokens: no motion teacher (teachers='mm_only')")
+        T, N, B = vc.t_tokens, vc.tokens_per_frame, video.shape[0]
+        if visible is None: visible = torch.arange(N, device=video.device).expand(B, T, N)
+        s = self.student(video if vc.tubelet_size == 2 else video[:, :, ::2], visible=visible, return_layers=self.return_layers)
+        li = lc.resolve(lc.mae_layers, vc.depth)[-1]                               # the last aligned student layer ...
+        h = self.heads.mae_tokens(len(lc.mae_layers) - 1, dict(zip(self.return_layers, s["layers"]))[li], visible_index(visible, B, T, N))
+        t = self.teachers["motion"](video, layers=[-1]).layers[0]                 # ... against the teacher's last layer
+        return h, gather_visible(align_motion_frames(t, T, N), visible, has_cls=False)
 
     def train(self, mode: bool = True):
         super().train(mode)

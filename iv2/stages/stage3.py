@@ -72,6 +72,11 @@ class Stage3Config(Config):
     @property
     def queries(self) -> int: return self.num_queries + self.extra_queries
 
+    def vision_config(self) -> VisionConfig:
+        "The video encoder's `VisionConfig`: the preset at `size` px, `num_frames` frames, `tubelet`, `patch` (0: the preset's), no drop path."
+        return VisionConfig.preset(self.vision, img_size=self.size, num_frames=self.num_frames, tubelet_size=self.tubelet, drop_path=0.0,
+                                   **({"patch_size": self.patch} if self.patch else {}))
+
     def validate(self):
         if self.llm_train not in LLM_TRAIN: raise ConfigError(f"Stage3Config.llm_train: expected one of {LLM_TRAIN}, got {self.llm_train!r}")
         if self.hd_max_tiles < 0: raise ConfigError(f"Stage3Config.hd_max_tiles: must be >= 0, got {self.hd_max_tiles}")
@@ -150,8 +155,7 @@ class Stage3Model(nn.Module):
     def __init__(self, cfg: Stage3Config):
         super().__init__()
         self.cfg = cfg = cfg.validate()
-        vc = VisionConfig.preset(cfg.vision, img_size=cfg.size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet, drop_path=0.0,
-                                 **({"patch_size": cfg.patch} if cfg.patch else {}))
+        vc = cfg.vision_config()
         if cfg.vision_init:
             from iv2.stages.stage2 import init_vision_encoder
             self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage3Config", cfg.tubelet,
@@ -167,6 +171,10 @@ class Stage3Model(nn.Module):
         if cfg.init_from:                                                           # before LoRA wraps the LLM
             alpha = _run_lora_alpha(cfg.init_from)      # a LoRA run is merged with the alpha it trained with (its config.yaml),
             sd = stage3_state_dict(cfg.init_from, cfg.lora_alpha if alpha is None else alpha)   # else (no stage_args) this one
+            from iv2.checkpoints import checkpoint_patch, checkpoint_tubelet
+            for f, got, want in (("tubelet", checkpoint_tubelet(sd), cfg.tubelet), ("patch", checkpoint_patch(sd), vc.patch_size)):
+                if got is not None and got != want:
+                    raise ConfigError(f"Stage3Config.{f}: the stage-3 run {cfg.init_from} has a video encoder of {f} {got}, the config says {want}")
             pe, n = sd["vision_encoder.pos_embed"], vc.tokens_per_frame
             if pe.shape[1] != 1 + vc.num_patches:                                   # 8 -> 16 frames: resample in time
                 sd["vision_encoder.pos_embed"] = interpolate_pos_embed(pe, (pe.shape[1] - 1) // n, vc.t_tokens, vc.grid, vc.grid)
