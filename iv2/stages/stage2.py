@@ -27,9 +27,9 @@ from ..data.media import BACKENDS
 logger = logging.getLogger("iv2.stages")
 
 # %% auto #0
-__all__ = ['logger', 'MODALITIES', 'PHASES', 'Stage2Config', 'vision_state_dict', 'init_vision_encoder', 'Stage2Model',
-           'pick_caption', 'check_captions', 'Stage2Stage', 'stage2', 'retrieval_embeddings', 'itm_scorer',
-           'load_stage2_run']
+__all__ = ['logger', 'MODALITIES', 'PHASES', 'Stage2Config', 'vision_state_dict', 'check_video_grid', 'init_vision_encoder',
+           'Stage2Model', 'pick_caption', 'check_captions', 'Stage2Stage', 'stage2', 'retrieval_embeddings',
+           'itm_scorer', 'load_stage2_run']
 
 # %% ../../nbs/33_stage2.ipynb #264db0b8
 MODALITIES = ("vt", "at", "avt", "it", "st", "avst")
@@ -137,18 +137,21 @@ def vision_state_dict(path: str | os.PathLike, field: str = "Stage2Config.vision
         sd = {k[len("student."):]: v for k, v in sd.items() if k.startswith("student.")}
     return sd
 
-def init_vision_encoder(path: str | os.PathLike, vc: VisionConfig, owner: str, tubelet: int, src_frames: int | None = None):
-    """`(encoder, LoadReport)`: the video encoder of `path` (see `vision_state_dict`) loaded into `VisionTransformer(vc)`;
-    a checkpoint whose tubelet or patch size differs from the config's is refused naming `{owner}.tubelet` / `{owner}.patch`
-    (stages 2 and 3)."""
-    sd = vision_state_dict(path, f"{owner}.vision_init")
+def check_video_grid(sd: dict, vc: VisionConfig, owner: str, path) -> None:
+    "Refuse, naming `{owner}.tubelet` / `{owner}.patch`, a checkpoint whose video tokens span other frames or pixels than `vc`'s."
     k = checkpoint_tubelet(sd)
-    if k is not None and k != tubelet:
+    if k is not None and k != vc.tubelet_size:
         raise ConfigError(f"{owner}.tubelet: {path} holds a video encoder with tubelet {k} (its tokens span {k} frames), the "
-                          f"config says {tubelet}: set tubelet={k} and num_frames to {k} x the token frames")
+                          f"config says {vc.tubelet_size}: set tubelet={k} and num_frames to {k} x the token frames")
     p = checkpoint_patch(sd)
     if p is not None and p != vc.patch_size:
         raise ConfigError(f"{owner}.patch: {path} holds a video encoder with {p}-px patches, the config's are {vc.patch_size} px: set patch={p}")
+
+def init_vision_encoder(path: str | os.PathLike, vc: VisionConfig, owner: str, src_frames: int | None = None):
+    """`(encoder, LoadReport)`: the video encoder of `path` (see `vision_state_dict`) loaded into `VisionTransformer(vc)`,
+    after `check_video_grid` (stages 2 and 3)."""
+    sd = vision_state_dict(path, f"{owner}.vision_init")
+    check_video_grid(sd, vc, owner, path)
     return load_vision_encoder(sd, vc, src_frames=src_frames)
 
 # %% ../../nbs/33_stage2.ipynb #1b42a174
@@ -175,7 +178,7 @@ class Stage2Model(nn.Module):
         cfg.validate()
         vc = cfg.vision_config()
         if cfg.vision_init:
-            self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage2Config", cfg.tubelet)
+            self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage2Config")
             self.vision_encoder.train()
         else: self.vision_encoder, self.vision_load = VisionTransformer(vc), None
         self.audio_encoder = self.vision_mem_proj = None

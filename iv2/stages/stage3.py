@@ -158,7 +158,7 @@ class Stage3Model(nn.Module):
         vc = cfg.vision_config()
         if cfg.vision_init:
             from iv2.stages.stage2 import init_vision_encoder
-            self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage3Config", cfg.tubelet,
+            self.vision_encoder, self.vision_load = init_vision_encoder(cfg.vision_init, vc, "Stage3Config",
                                                                         cfg.src_frames or None)
         else: self.vision_encoder, self.vision_load = VisionTransformer(vc), None
         self.vision_encoder.requires_grad_(cfg.vision_train)
@@ -171,10 +171,8 @@ class Stage3Model(nn.Module):
         if cfg.init_from:                                                           # before LoRA wraps the LLM
             alpha = _run_lora_alpha(cfg.init_from)      # a LoRA run is merged with the alpha it trained with (its config.yaml),
             sd = stage3_state_dict(cfg.init_from, cfg.lora_alpha if alpha is None else alpha)   # else (no stage_args) this one
-            from iv2.checkpoints import checkpoint_patch, checkpoint_tubelet
-            for f, got, want in (("tubelet", checkpoint_tubelet(sd), cfg.tubelet), ("patch", checkpoint_patch(sd), vc.patch_size)):
-                if got is not None and got != want:
-                    raise ConfigError(f"Stage3Config.{f}: the stage-3 run {cfg.init_from} has a video encoder of {f} {got}, the config says {want}")
+            from iv2.stages.stage2 import check_video_grid
+            check_video_grid(sd, vc, "Stage3Config", cfg.init_from)
             pe, n = sd["vision_encoder.pos_embed"], vc.tokens_per_frame
             if pe.shape[1] != 1 + vc.num_patches:                                   # 8 -> 16 frames: resample in time
                 sd["vision_encoder.pos_embed"] = interpolate_pos_embed(pe, (pe.shape[1] - 1) // n, vc.t_tokens, vc.grid, vc.grid)
