@@ -53,11 +53,16 @@ check-export: install  ## fail if iv2/ differs from what the notebooks export
 
 # one torch thread per notebook worker: two workers x two threads on two cores make every parallel op wait for a
 # descheduled thread (measured: a tiny stage-1 step takes 0.06 s alone and 4.5 s beside another torch process)
+# The tests' scratch (the notebooks' tempfile.mkdtemp folders, pytest's tmp_path with the run notebooks' checkpoints)
+# lives in one folder per target that is removed when the target ends, passed or failed, so a
+# test run leaves nothing in /tmp (a CI run once failed with 'No space left on device' on a machine full of them)
 nbtest: install
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
+	scratch=$$(mktemp -d -t iv2-nbtest-XXXXXX); trap 'rm -rf "$$scratch"' EXIT
+	TMPDIR=$$scratch OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: install
-	$(BIN)/python -m pytest -q tests
+	scratch=$$(mktemp -d -t iv2-pytest-XXXXXX); trap 'rm -rf "$$scratch"' EXIT
+	TMPDIR=$$scratch $(BIN)/python -m pytest -q --basetemp "$$scratch/pytest" tests
 
 test: check-export nbtest pytest
 
