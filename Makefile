@@ -53,8 +53,8 @@ check-export: install  ## fail if iv2/ differs from what the notebooks export
 
 # one torch thread per notebook worker: two workers x two threads on two cores make every parallel op wait for a
 # descheduled thread (measured: a tiny stage-1 step takes 0.06 s alone and 4.5 s beside another torch process)
-# The tests' scratch (the notebooks' tempfile.mkdtemp folders, pytest's tmp_path with the run notebooks' checkpoints)
-# lives in one folder per target that is removed when the target ends, passed or failed, so a
+# The tests' scratch (the notebooks' tempfile.mkdtemp folders, 1.0 GiB at peak; pytest's tmp_path with the run
+# notebooks' checkpoints, 7.3 GiB at peak; measured 2026-11-28) lives in one folder per target that is removed when the target ends, passed or failed, so a
 # test run leaves nothing in /tmp (a CI run once failed with 'No space left on device' on a machine full of them)
 nbtest: install
 	scratch=$$(mktemp -d -t iv2-nbtest-XXXXXX); trap 'rm -rf "$$scratch"' EXIT
@@ -95,28 +95,38 @@ else
 endif
 W := -p world_preset $(PRESET)
 
-reproduce: install  ## PRESET=tiny|small: world -> teachers -> stage 1 -> stage 2 -> stage 3 -> evaluations -> VidCap -> ablations -> reports/
-	$(BIN)/iv2 run synth_world -p preset $(PRESET)
-	$(BIN)/iv2 run teachers -p preset $(PRESET)
-	$(BIN)/iv2 run stage1 $(W)
-	$(BIN)/iv2 run stage2 $(W) -p steps $(S2_STEPS)
-	$(BIN)/iv2 run stage2 $(W) -p preset tiny_av -p modalities vt,at -p seeds 0 -p random_init_control False -p steps $(S2_STEPS) --run-name stage2_av
-	$(BIN)/iv2 run stage3 $(W) $(S3_ARGS)
-	$(BIN)/iv2 run eval_action $(W)
+# RESUME=1 goes on with the last reproduction of this preset instead of starting a new one: a step whose run finished
+# since that reproduction started (the time is kept in runs/reproduce-<preset>.since), with the same parameters, is
+# reused, not run again; an interrupted step runs again. A reproduction longer than a sitting is done in several, and
+# `iv2 runs --since` (printed at the end) sums the wall times its runs measured.
+reproduce: install  ## PRESET=tiny|small [RESUME=1]: world -> teachers -> stage 1 -> stage 2 -> stage 3 -> evaluations -> VidCap -> ablations -> reports/
+	since_file=runs/reproduce-$(PRESET).since
+	if [ -z "$(RESUME)" ] || [ ! -s "$$since_file" ]; then mkdir -p runs; date +%Y-%m-%dT%H:%M:%S > "$$since_file"; fi
+	since=$$(cat "$$since_file"); echo "reproduction PRESET=$(PRESET) started $$since"
+	run="$(BIN)/iv2 run --resume-since $$since"
+	$$run synth_world -p preset $(PRESET)
+	$$run teachers -p preset $(PRESET)
+	$$run stage1 $(W)
+	$$run stage2 $(W) -p steps $(S2_STEPS)
+	$$run stage2 $(W) -p preset tiny_av -p modalities vt,at -p seeds 0 -p random_init_control False -p steps $(S2_STEPS) --run-name stage2_av
+	$$run stage3 $(W) $(S3_ARGS)
+	$$run eval_action $(W)
 	# the learnability control: the labels learned directly, from scratch, by the tiny ViT and a small 3D CNN
-	$(BIN)/iv2 run ceiling $(W)
-	# the tiny ViT has 4 blocks: features of block -2 (the paper's 7th from the last, of 40 blocks, needs 7 or more)
-	$(BIN)/iv2 run features $(W) -p encoder_dir "$$(ls -d runs/stage2-*/stage1-seed0 | tail -n 1)" -p layer -2
-	$(BIN)/iv2 run vidcap_shots $(W)
-	$(BIN)/iv2 run vidcap $(W)
-	$(BIN)/iv2 run ablation_teachers -p worlds $(PRESET) -p probe_world $(PRESET) $(ABL_ARGS)
-	$(BIN)/iv2 run ablation_stage2 -p table 17 $(W) $(ABL_ARGS)
-	$(BIN)/iv2 run ablation_stage2 -p table 18 $(W) $(ABL_ARGS) --run-name ablation_stage2_t18
-	$(BIN)/iv2 run ablation_stage3 $(W) $(ABL_ARGS)
-	$(MAKE) bench
-	$(BIN)/iv2 run throughput
-	$(BIN)/iv2 run memory_plan
+	$$run ceiling $(W)
+	# the tiny ViT has 4 blocks: features of block -2 (the paper's 7th from the last, of 40 blocks, needs 7 or more);
+	# the encoder of the newest finished stage-2 run (an interrupted one has no run.json)
+	$$run features $(W) -p encoder_dir "$$(dirname "$$(ls -d runs/stage2-*/run.json | tail -n 1)")/stage1-seed0" -p layer -2
+	$$run vidcap_shots $(W)
+	$$run vidcap $(W)
+	$$run ablation_teachers -p worlds $(PRESET) -p probe_world $(PRESET) $(ABL_ARGS)
+	$$run ablation_stage2 -p table 17 $(W) $(ABL_ARGS)
+	$$run ablation_stage2 -p table 18 $(W) $(ABL_ARGS) --run-name ablation_stage2_t18
+	$$run ablation_stage3 $(W) $(ABL_ARGS)
+	$(MAKE) bench BENCH_ARGS="--resume-since $$since"
+	$$run throughput
+	$$run memory_plan
 	$(BIN)/iv2 report --all
+	$(BIN)/iv2 runs --since "$$since"
 
 reports: install  ## re-render reports/ from the newest finished run of each report under runs/ (nothing is re-run)
 	$(BIN)/iv2 report --all

@@ -5,7 +5,8 @@
 # %% ../nbs/70_cli.ipynb #dd26f14e
 from __future__ import annotations
 import argparse, sys
-from .reports import RenderError, RunError, build_index, parse_param, render_all, render_report, run_notebook
+from .reports import (RenderError, RunError, build_index, finished_runs, parse_param, render_all, render_report,
+                         run_notebook)
 
 # %% auto #0
 __all__ = ['parser', 'main']
@@ -13,7 +14,8 @@ __all__ = ['parser', 'main']
 # %% ../nbs/70_cli.ipynb #a903c72f
 def _cmd_run(a):
     params = {k: parse_param(v) for k, v in (a.param or [])}
-    rep = run_notebook(a.notebook, params, run_name=a.run_name, progress=not a.quiet)
+    rep = run_notebook(a.notebook, params, run_name=a.run_name, progress=not a.quiet, resume_since=a.resume_since)
+    if rep.get("resumed"): print(f"finished since {a.resume_since}, not run again: {rep['run_dir']} (started {rep['started']})")
     print(f"report: reports/{rep['report_html']}  run: {rep['run_dir']}  wall time: {rep['wall_time_s']} s")
     for k, v in rep.get("metrics", {}).items(): print(f"  {k}: {v}")
 
@@ -22,6 +24,13 @@ def _cmd_report(a):
     if a.all:
         for rep in render_all(progress=not a.quiet): print(f"report: reports/{rep['report_html']}  run: {rep['run_dir']}")
     else: rep = render_report(a.run_dir); print(f"report: reports/{rep['report_html']}")
+
+def _cmd_runs(a):
+    runs = finished_runs(since=a.since)
+    for m in runs: print(f"{m.get('started')}  {float(m.get('wall_time_s') or 0):9.1f} s  {m.get('name')}  {m['run_dir']}")
+    total = sum(float(m.get("wall_time_s") or 0) for m in runs)
+    print(f"{len(runs)} finished runs" + (f" since {a.since}" if a.since else "") + f": {total:.0f} s of wall time in all "
+          f"({total / 3600:.2f} h, the sum of the runs' own times)")
 
 def _cmd_index(a): print(build_index())
 
@@ -55,7 +64,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"), help="papermill parameter")
     r.add_argument("--run-name", default=None, help="run directory prefix (default: the notebook name)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--resume-since", default=None, metavar="TIME", help="reuse a run of the same name and parameters that "
+                   "finished since TIME (ISO, e.g. 2026-11-28T15:30:00) instead of running it again (make reproduce RESUME=1)")
     r.set_defaults(fn=_cmd_run)
+    u = sub.add_parser("runs", help="list the finished runs under runs/ (since a time) with their wall times, and the sum")
+    u.add_argument("--since", default=None, metavar="TIME", help="only runs started at or after TIME (ISO)")
+    u.set_defaults(fn=_cmd_runs)
     s = sub.add_parser("report", help="re-render the report of a finished run directory, or (--all) of every report under runs/")
     s.add_argument("run_dir", nargs="?", default=None)
     s.add_argument("--all", action="store_true", help="the newest finished run of every report name under runs/")

@@ -13,7 +13,7 @@ from .config import atomic_write_text, project_root, runs_dir, reports_dir
 # %% auto #0
 __all__ = ['PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError',
            'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'papermill_command',
-           'render_report', 'report_set', 'build_index', 'RenderError', 'render_all']
+           'render_report', 'report_set', 'build_index', 'finished_runs', 'finished_run', 'RenderError', 'render_all']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -116,15 +116,19 @@ def reproduce_command(name: str, params: dict) -> str:
 
 def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: str | None = None,
                  runs_root: str | os.PathLike | None = None, reports_root: str | os.PathLike | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, resume_since: str | None = None) -> dict:
     """Execute run notebook `nb` (a path, or a name in `nbs/runs/`) with papermill, then render its report. Returns the report JSON.
-    The run directory and the report are named `run_name` when given, else after the notebook."""
+    The run directory and the report are named `run_name` when given, else after the notebook. With `resume_since` (an
+    ISO time), a run of the same name and parameters that finished since then is reused instead (its report re-rendered,
+    `resumed: True` in the returned JSON): see `finished_run`."""
     import papermill as pm
     nb = Path(nb)
     if nb.suffix != ".ipynb": nb = runs_notebooks_dir() / f"{nb}.ipynb"
     if not nb.exists(): raise FileNotFoundError(f"run notebook not found: {nb} (run notebooks: {sorted(p.stem for p in runs_notebooks_dir().glob('*.ipynb'))})")
     name = nb.stem
     params = dict(params or {})
+    if resume_since is not None and (done := finished_run(run_name or name, params, resume_since, runs_root)) is not None:
+        return {**render_report(done, reports_root), "resumed": True}
     run_dir = new_run_dir(run_name or name, runs_root)
     out_nb = run_dir / nb.name
     # the run's own environment (commit, hardware, versions), recorded when it starts: a later re-render reads this
@@ -264,6 +268,31 @@ def build_index(reports_root: str | os.PathLike | None = None) -> Path:
     atomic_write_text(out / "README.md", "\n".join(md) + "\n")
     return atomic_write_text(out / "index.html", page)
 
+# %% ../nbs/60_reports.ipynb #999a4733
+def _iso(t: str, what: str) -> str:
+    "`t` as the seconds-precision ISO time `run.json` records; a clear error naming `what` otherwise."
+    try: return _dt.datetime.fromisoformat(str(t)).isoformat(timespec="seconds")
+    except ValueError: raise ValueError(f"{what}: expected an ISO time such as 2026-11-28T15:30:00, got {t!r}") from None
+
+def finished_runs(runs_root: str | os.PathLike | None = None, since: str | None = None) -> list[dict]:
+    """The `run.json` of every finished run directly under `runs_root` (a grid's nested points are part of their grid)
+    that started at or after `since` (an ISO time; None: all), oldest first, each with its folder as `run_dir`."""
+    root = Path(runs_root) if runs_root is not None else runs_dir()
+    since = _iso(since, "since") if since is not None else None
+    out = []
+    for meta_p in root.glob("*/run.json"):
+        try: meta = json.loads(meta_p.read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"{meta_p}: not valid JSON ({e})") from None
+        if since is None or str(meta.get("started") or "") >= since: out.append({**meta, "run_dir": str(meta_p.parent)})
+    return sorted(out, key=lambda m: (str(m.get("started") or ""), Path(m["run_dir"]).name))
+
+def finished_run(name: str, params: dict | None = None, since: str | None = None,
+                 runs_root: str | os.PathLike | None = None) -> Path | None:
+    "The newest finished run of report `name` with exactly `params` that started at or after `since`, or None."
+    want = json.loads(json.dumps(_jsonable(dict(params or {}))))      # as run.json stores them
+    hits = [m for m in finished_runs(runs_root, since) if m.get("name") == name and m.get("params") == want]
+    return Path(hits[-1]["run_dir"]) if hits else None
+
 # %% ../nbs/60_reports.ipynb #b184ec5f
 class RenderError(RuntimeError):
     "Some runs could not be rendered; the message names each run and why."
@@ -273,19 +302,15 @@ def render_all(runs_root: str | os.PathLike | None = None, reports_root: str | o
     "Re-render the newest finished run of each report name (or of `names`) under `runs_root` into `reports_root`."
     from tqdm.auto import tqdm
     root = Path(runs_root) if runs_root is not None else runs_dir()
-    newest: dict[str, tuple[tuple, Path]] = {}
-    for meta_p in sorted(root.glob("*/run.json")):
-        try: meta = json.loads(meta_p.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{meta_p}: not valid JSON ({e})") from None
+    newest: dict[str, Path] = {}
+    for meta in finished_runs(root):                       # oldest first: the last one seen of a name is its newest
         name = meta.get("name")
-        if not name: raise ValueError(f"{meta_p}: field 'name' is missing")
-        if names is not None and name not in names: continue
-        key = (str(meta.get("started") or ""), meta_p.parent.name)
-        if name not in newest or key > newest[name][0]: newest[name] = (key, meta_p.parent)
+        if not name: raise ValueError(f"{meta['run_dir']}/run.json: field 'name' is missing")
+        if names is None or name in names: newest[name] = Path(meta["run_dir"])
     if names is not None and (missing := sorted(set(names) - set(newest))):
         raise FileNotFoundError(f"no finished run under {root} for the reports {missing}")
     reps, errors = [], []
-    for name, (_, d) in tqdm(sorted(newest.items()), desc="reports", disable=not progress):
+    for name, d in tqdm(sorted(newest.items()), desc="reports", disable=not progress):
         try: reps.append(render_report(d, reports_root))
         except (OSError, ValueError, KeyError) as e: errors.append(f"{d}: {type(e).__name__}: {e}")
     build_index(reports_root)
