@@ -105,7 +105,8 @@ reproduce: install  ## PRESET=tiny|small [RESUME=1]: world -> teachers -> stage 
 	since=$$(cat "$$since_file"); echo "reproduction PRESET=$(PRESET) started $$since"
 	run="$(BIN)/iv2 run --resume-since $$since"
 	$$run synth_world -p preset $(PRESET)
-	$$run teachers -p preset $(PRESET)
+	# the tiny teachers (56 px, the tiny student's grid) on the preset's world
+	$$run teachers $(W)
 	$$run stage1 $(W)
 	$$run stage2 $(W) -p steps $(S2_STEPS)
 	$$run stage2 $(W) -p preset tiny_av -p modalities vt,at -p seeds 0 -p random_init_control False -p steps $(S2_STEPS) --run-name stage2_av
