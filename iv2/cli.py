@@ -27,10 +27,16 @@ def _cmd_report(a):
 
 def _cmd_runs(a):
     runs = finished_runs(since=a.since)
-    for m in runs: print(f"{m.get('started')}  {float(m.get('wall_time_s') or 0):9.1f} s  {m.get('name')}  {m['run_dir']}")
-    total = sum(float(m.get("wall_time_s") or 0) for m in runs)
-    print(f"{len(runs)} finished runs" + (f" since {a.since}" if a.since else "") + f": {total:.0f} s of wall time in all "
-          f"({total / 3600:.2f} h, the sum of the runs' own times)")
+    newest = {m.get("name"): m["run_dir"] for m in runs}                  # oldest first: the last of a name is its newest
+    wall = lambda ms: sum(float(m.get("wall_time_s") or 0) for m in ms)
+    for m in runs:
+        star = "*" if newest[m.get("name")] == m["run_dir"] else " "
+        print(f"{star} {m.get('started')}  {float(m.get('wall_time_s') or 0):9.1f} s  {m.get('name')}  {m['run_dir']}")
+    shown = [m for m in runs if newest[m.get("name")] == m["run_dir"]]
+    since = f" since {a.since}" if a.since else ""
+    print(f"{len(runs)} finished runs{since}: {wall(runs):.0f} s of wall time in all ({wall(runs) / 3600:.2f} h, the sum of the runs' own times)")
+    print(f"* the newest run of each of the {len(shown)} report names (what `iv2 report --all` renders): {wall(shown):.0f} s "
+          f"({wall(shown) / 3600:.2f} h)")
 
 def _cmd_index(a): print(build_index())
 
