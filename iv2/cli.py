@@ -5,8 +5,8 @@
 # %% ../nbs/70_cli.ipynb #dd26f14e
 from __future__ import annotations
 import argparse, sys
-from .reports import (RenderError, RunError, build_index, finished_runs, parse_param, render_all, render_report,
-                         run_notebook)
+from .reports import (RenderError, RunError, build_index, finished_runs, newest_runs, parse_param, render_all,
+                         render_report, run_notebook)
 
 # %% auto #0
 __all__ = ['parser', 'main']
@@ -27,12 +27,10 @@ def _cmd_report(a):
 
 def _cmd_runs(a):
     runs = finished_runs(since=a.since)
-    newest = {m.get("name"): m["run_dir"] for m in runs}                  # oldest first: the last of a name is its newest
+    shown = list(newest_runs(runs).values())
     wall = lambda ms: sum(float(m.get("wall_time_s") or 0) for m in ms)
     for m in runs:
-        star = "*" if newest[m.get("name")] == m["run_dir"] else " "
-        print(f"{star} {m.get('started')}  {float(m.get('wall_time_s') or 0):9.1f} s  {m.get('name')}  {m['run_dir']}")
-    shown = [m for m in runs if newest[m.get("name")] == m["run_dir"]]
+        print(f"{'*' if m in shown else ' '} {m['started']}  {float(m.get('wall_time_s') or 0):9.1f} s  {m['name']}  {m['run_dir']}")
     since = f" since {a.since}" if a.since else ""
     print(f"{len(runs)} finished runs{since}: {wall(runs):.0f} s of wall time in all ({wall(runs) / 3600:.2f} h, the sum of the runs' own times)")
     print(f"* the newest run of each of the {len(shown)} report names (what `iv2 report --all` renders): {wall(shown):.0f} s "

@@ -13,7 +13,8 @@ from .config import atomic_write_text, project_root, runs_dir, reports_dir
 # %% auto #0
 __all__ = ['PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError',
            'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'papermill_command',
-           'render_report', 'report_set', 'build_index', 'finished_runs', 'finished_run', 'RenderError', 'render_all']
+           'render_report', 'report_set', 'build_index', 'finished_runs', 'finished_run', 'newest_runs', 'RenderError',
+           'render_all']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -293,6 +294,14 @@ def finished_run(name: str, params: dict | None = None, since: str | None = None
     hits = [m for m in finished_runs(runs_root, since) if m.get("name") == name and m.get("params") == want]
     return Path(hits[-1]["run_dir"]) if hits else None
 
+def newest_runs(runs: Sequence[dict]) -> dict[str, dict]:
+    "The newest run of each report name among `runs` (`finished_runs`' list, oldest first): the ones `render_all` renders."
+    out = {}
+    for m in runs:
+        if not m.get("name"): raise ValueError(f"{m['run_dir']}/run.json: field 'name' is missing")
+        out[m["name"]] = m                                                  # a later (newer) run of the name replaces it
+    return out
+
 # %% ../nbs/60_reports.ipynb #b184ec5f
 class RenderError(RuntimeError):
     "Some runs could not be rendered; the message names each run and why."
@@ -302,11 +311,7 @@ def render_all(runs_root: str | os.PathLike | None = None, reports_root: str | o
     "Re-render the newest finished run of each report name (or of `names`) under `runs_root` into `reports_root`."
     from tqdm.auto import tqdm
     root = Path(runs_root) if runs_root is not None else runs_dir()
-    newest: dict[str, Path] = {}
-    for meta in finished_runs(root):                       # oldest first: the last one seen of a name is its newest
-        name = meta.get("name")
-        if not name: raise ValueError(f"{meta['run_dir']}/run.json: field 'name' is missing")
-        if names is None or name in names: newest[name] = Path(meta["run_dir"])
+    newest = {n: Path(m["run_dir"]) for n, m in newest_runs(finished_runs(root)).items() if names is None or n in names}
     if names is not None and (missing := sorted(set(names) - set(newest))):
         raise FileNotFoundError(f"no finished run under {root} for the reports {missing}")
     reps, errors = [], []

@@ -167,15 +167,20 @@ def test_teachers_and_student_share_a_finer_token_grid(teachers_and_stage1):
     assert "same token grid" in str(e.value)
 
 
-def test_teachers_world_preset_keeps_the_teacher_preset(teachers_and_stage1):
-    "`world_preset small` trains the tiny (56-px) teachers on that world, as `make reproduce PRESET=small` needs them for the tiny student."
-    t, _, _ = teachers_and_stage1
-    rep_t = run_notebook("teachers", {"world_preset": "small", "num_clips": 12, "data_dir": str(t / "world"), "batch_size": 4,
-                                      "clip_steps": 1, "mae_steps": 1}, runs_root=t / "runs_w", reports_root=t / "reports_w", progress=False)
+def test_teachers_world_preset_keeps_the_teacher_preset(tmp_path, monkeypatch):
+    """`world_preset small` picks the world (runs/datasets/synth-small-...) and keeps the tiny (56-px) teachers, as
+    `make reproduce PRESET=small` needs them for the tiny student. In a temporary project (IV2_ROOT) so the world it
+    generates stays out of the checkout's runs/."""
+    from iv2.config import project_root
+    nb = project_root() / "nbs" / "runs" / "teachers.ipynb"
+    monkeypatch.setenv("IV2_ROOT", str(tmp_path))
+    rep_t = run_notebook(nb, {"world_preset": "small", "num_clips": 12, "batch_size": 4, "clip_steps": 1, "mae_steps": 1},
+                         progress=False)
+    assert (tmp_path / "runs" / "datasets" / "synth-small-s0-n12" / "manifest.jsonl").exists()
+    assert "synth-small-s0-n12" in rep_t["scale"]["data"]
     from iv2.teachers import load_teacher_model
     _, mm = load_teacher_model(rep_t["metrics"]["clip_teacher"]); _, mo = load_teacher_model(rep_t["metrics"]["videomae_teacher"])
-    assert (mm.img_size, mo.img_size) == (56, 56)
-    assert rep_t["params"]["world_preset"] == "small" and "56px" in rep_t["scale"]["model"]
+    assert (mm.img_size, mo.img_size) == (56, 56) and "56px" in rep_t["scale"]["model"]
 
 
 def test_stage1_bad_parameters_are_named(tmp_path):
