@@ -252,16 +252,16 @@ def stage2_run(teachers_and_stage1):
 
 
 def _stage3_params(t, rep2, **kw) -> dict:
-    "Stage-3 parameters on the fixture's 12-clip world and stage-2 encoder: 4 frames, 2 steps, batch 2."
+    "Stage-3 parameters on the fixture's 12-clip world and stage-2 encoder: 4 frames, 2 steps (no captioning sub-stage), batch 2."
     return {"num_clips": 12, "data_dir": str(t / "world"), "stage2_dir": rep2["run_dir"] + "/stage1-seed0", "num_frames": 4,
-            "steps": 2, "batch_size": 2, "eval_split": "train", "max_new_tokens": 3, **kw}
+            "caption_steps": 0, "steps": 2, "batch_size": 2, "eval_split": "train", "max_new_tokens": 3, **kw}
 
 
 def test_stage3_run_reports_mvbench_accuracy_against_random_init(stage2_run):
     "Stage 3 on the fixture's stage-2 encoder and on a random one, two steps each: the report's keys and evidence."
     from pathlib import Path
     t, _, rep2 = stage2_run
-    rep = run_notebook("stage3", _stage3_params(t, rep2, seeds="0,1", max_eval_items=6, hd_steps=1),
+    rep = run_notebook("stage3", _stage3_params(t, rep2, seeds="0,1", max_eval_items=6, hd_steps=1, caption_steps=1),
                        runs_root=t / "runs_s3", reports_root=t / "reports_s3", progress=False)
     m = rep["metrics"]
     for k in ("mvbench_avg", "mvbench_avg_random_init", "mvbench_avg_strict", "chance"):
@@ -283,6 +283,10 @@ def test_stage3_run_reports_mvbench_accuracy_against_random_init(stage2_run):
     for sd in (0, 1):
         assert (rd / f"hd4-seed{sd}" / "done.json").exists() and (rd / f"hd8-seed{sd}" / "mvbench_samples.jsonl").exists()
     assert "stage2-seed1" in (rd / "hd4-seed1" / "config.yaml").read_text()                     # HD starts from stage 3
+    # the progressive sub-stages: captions and open questions first, then every turn from that checkpoint
+    for v in ("stage2", "random_init"):
+        cap, main = (rd / f"{v}-seed0-caption" / "config.yaml").read_text(), (rd / f"{v}-seed0" / "config.yaml").read_text()
+        assert "train_turns: open" in cap and "train_turns: all" in main and f"init_from: {rd / (v + '-seed0-caption')}" in main
 
 
 def test_stage3_under_the_deepspeed_launcher_on_two_processes(stage2_run):

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/34_stage3.ipynb #05285e42
 from __future__ import annotations
-import os
+import logging, os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -17,13 +17,14 @@ from ..encoders.text import MINILM, load_tokenizer
 from ..data.media import IMAGENET_MEAN, IMAGENET_STD, normalize, resize, to_tensor
 
 # %% auto #0
-__all__ = ['LLM_TRAIN', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text', 'Stage3Model',
-           'hd_grid', 'hd_tiles', 'hd_cache_short', 'hd_transform', 'stage3_state_dict', 'sample_prompt',
-           'conversation', 'instruction_records', 'shuffled_turns', 'InstructionDataset', 'Stage3Stage', 'stage3',
-           'load_stage3_run', 'mcqa_answer_fn']
+__all__ = ['LLM_TRAIN', 'TRAIN_TURNS', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text',
+           'Stage3Model', 'hd_grid', 'hd_tiles', 'hd_cache_short', 'hd_transform', 'stage3_state_dict',
+           'is_multiple_choice', 'sample_prompt', 'conversation', 'instruction_records', 'shuffled_turns',
+           'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
 
 # %% ../../nbs/34_stage3.ipynb #2f5cd957
 LLM_TRAIN = ("full", "lora", "frozen")
+TRAIN_TURNS = ("all", "open")
 VIDEO_TOKEN = "<vid>"
 CHAT_TOKENS = ("[INST]", "[/INST]", "<Video>", "</Video>", VIDEO_TOKEN)
 
@@ -57,6 +58,7 @@ class Stage3Config(Config):
     lora_dropout: float = 0.1
     max_text_len: int = 512              # text tokens per sample (prompts + answers of all its turns)
     max_turns: int = 0                   # QA turns per training conversation (0: all of the record's, shuffled)
+    train_turns: str = "all"             # "all" turns, or "open": captions and open questions only (the captioning sub-stage)
     hd_max_tiles: int = 0                # HD: tiles of `size` px per frame at the closest aspect ratio (+ a thumbnail); 0: off
     init_from: str = ""                  # a stage-3 training folder to start from (HD post-training); "" -> none
 
@@ -79,6 +81,8 @@ class Stage3Config(Config):
 
     def validate(self):
         if self.llm_train not in LLM_TRAIN: raise ConfigError(f"Stage3Config.llm_train: expected one of {LLM_TRAIN}, got {self.llm_train!r}")
+        if self.train_turns not in TRAIN_TURNS:
+            raise ConfigError(f"Stage3Config.train_turns: expected one of {TRAIN_TURNS}, got {self.train_turns!r}")
         if self.hd_max_tiles < 0: raise ConfigError(f"Stage3Config.hd_max_tiles: must be >= 0, got {self.hd_max_tiles}")
         if self.tubelet not in (1, 2) or self.num_frames % self.tubelet or self.src_frames % self.tubelet:
             raise ConfigError(f"Stage3Config.tubelet: must be 1 or 2 and divide num_frames ({self.num_frames}) and src_frames "
@@ -238,9 +242,11 @@ class Stage3Model(nn.Module):
         "Next-token loss on the answers (`prompts` + `answers`, or conversations: see `embed_inputs`)."
         ve = self.encode_video(video, instructions)
         emb, mask, lab = self.embed_inputs(ve, prompts, answers)
-        keep = (lab[:, 1:] != -100).any(0).nonzero()[:, 0]            # positions that predict an answer token (in any row)
-        logits = self.llm(inputs_embeds=emb, attention_mask=mask, logits_to_keep=keep).logits    # (B, len(keep), vocab) only
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), lab[:, 1:][:, keep].reshape(-1), ignore_index=-100)
+        lm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm    # under peft: LoRA sits inside it
+        h = lm.get_decoder()(inputs_embeds=emb, attention_mask=mask).last_hidden_state         # (B, L, D), after the final norm
+        tgt = lab[:, 1:]; sel = tgt != -100                                                    # positions that predict an answer token
+        logits = lm.get_output_embeddings()(h[:, :-1][sel])                                    # (N answer tokens, vocab) only
+        return F.cross_entropy(logits.float(), tgt[sel])
 
     @torch.no_grad()
     def generate(self, video: torch.Tensor, prompts: Sequence[str], instructions: Sequence[str] | None = None,
@@ -316,17 +322,22 @@ def stage3_state_dict(train_dir: str | os.PathLike, lora_alpha: float | None = N
     return out
 
 # %% ../../nbs/34_stage3.ipynb #c0f2280a
+def is_multiple_choice(qa: dict) -> bool:
+    "Whether an instruction turn `{i, q, a}` is a multiple-choice question (MVBench's layout: `q` starts with `Question:`)."
+    return qa.get("q", "").startswith("Question:")
+
 def sample_prompt(qa: dict, n_video: int) -> tuple[str, str, str]:
     "`(prompt, target answer, QFormer text)` of one instruction turn `{i, q, a}`."
     from iv2.eval.mcqa import MVBENCH_SYSTEM, QUESTION_SUFFIX, ANSWER_PRIME
     i, q, a = qa.get("i", ""), qa.get("q", ""), qa["a"]
-    if q.startswith("Question:"):
+    if is_multiple_choice(qa):
         target = a[1:] if a.startswith("(") else a
         return prompt_text(n_video, MVBENCH_SYSTEM, q + QUESTION_SUFFIX, ANSWER_PRIME), target, q
     return prompt_text(n_video, (i + "\n") if i and q else "", q or i), a, q or i
 
 def conversation(turns: Sequence[dict], n_video: int) -> tuple[list[tuple[str, str]], str]:
     "VideoChat2's training sample: `([(prompt, target), ...], QFormer text)`; the video block sits in the first turn only."
+    if not turns: raise ValueError("conversation: no QA turns (a clip with no turns of the kind `train_turns` asks for?)")
     made = [sample_prompt(qa, n_video if k == 0 else 0) for k, qa in enumerate(turns)]
     return [(p, t) for p, t, _ in made], made[0][2]
 
@@ -346,9 +357,11 @@ def instruction_records(data) -> list:
     return [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end"),
                        meta={"QA": it["QA"], "index": k}) for k, it in enumerate(items)]
 
-def shuffled_turns(qa: Sequence[dict], seed: int, epoch: int, index: int, max_turns: int = 0) -> list[dict]:
-    "Clip `index`'s QA turns in this epoch's order (VideoChat2 shuffles them), the first `max_turns` when > 0."
+def shuffled_turns(qa: Sequence[dict], seed: int, epoch: int, index: int, max_turns: int = 0, kinds: str = "all") -> list[dict]:
+    """Clip `index`'s QA turns of `kinds` ("all"; "open": no multiple choice) in this epoch's order (VideoChat2 shuffles
+    them), the first `max_turns` when > 0."""
     from iv2.config import rng_for
+    qa = [t for t in qa if kinds == "all" or not is_multiple_choice(t)]
     order = rng_for(seed, epoch, index, "qa").permutation(len(qa))
     return [dict(qa[k]) for k in order[:max_turns or None]]
 
@@ -360,11 +373,16 @@ def _hd(size: int, hd_max_tiles: int):
 class InstructionDataset(torch.utils.data.Dataset):
     "Clips of VideoChat2 instruction records with their QA turns in a new order each epoch; frames via `VideoDataset`."
     def __init__(self, data, video_root: str | os.PathLike = ".", num_frames: int = 8, size: int = 224, seed: int = 0,
-                 backend: str = "decord", cache_short: int = 64, max_turns: int = 0, hd_max_tiles: int = 0):
+                 backend: str = "decord", cache_short: int = 64, max_turns: int = 0, hd_max_tiles: int = 0, kinds: str = "all"):
         from iv2.data.datasets import VideoDataset
         recs = instruction_records(data)
-        self.qa = [r.meta["QA"] for r in recs]
-        self.seed, self.epoch, self.max_turns = seed, 0, max_turns
+        if kinds != "all":                          # a clip with no turn of this kind has nothing to teach in this sub-stage
+            keep = [r for r in recs if shuffled_turns(r.meta["QA"], 0, 0, 0, kinds=kinds)]
+            if not keep: raise ValueError(f"instruction data: no clip has a QA turn of kind {kinds!r}")
+            if len(keep) < len(recs): logging.getLogger("iv2.stages").info("InstructionDataset: %d of %d clips have no %r turns and are left out", len(recs) - len(keep), len(recs), kinds)
+            recs = keep
+        self.qa, self.index = [r.meta["QA"] for r in recs], [r.meta["index"] for r in recs]
+        self.seed, self.epoch, self.max_turns, self.kinds = seed, 0, max_turns, kinds
         hd = _hd(size, hd_max_tiles)
         self.videos = VideoDataset(recs, root=video_root, num_frames=num_frames, sampling="uniform", train=False, size=size,
                                    seed=seed, backend=backend, cache_short=hd_cache_short(size, cache_short) if hd else cache_short,
@@ -375,7 +393,7 @@ class InstructionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         v = self.videos[i]; j = v["index"]                  # the policy may have moved on to another clip
-        turns = shuffled_turns(self.qa[j], self.seed, self.epoch, j, self.max_turns)
+        turns = shuffled_turns(self.qa[j], self.seed, self.epoch, self.index[j], self.max_turns, self.kinds)   # by the record's own index
         return {"video": v["video"], "id": v["id"], "turns": turns, "skipped": v["skipped"]}
 
 class Stage3Stage:
@@ -403,13 +421,13 @@ class Stage3Stage:
         from iv2.engine import clip_batches
         c = self.cfg
         make = lambda s: InstructionDataset(self.data, self.video_root, c.num_frames, c.size, s, self.backend,
-                                            max_turns=c.max_turns, hd_max_tiles=c.hd_max_tiles)
+                                            max_turns=c.max_turns, hd_max_tiles=c.hd_max_tiles, kinds=c.train_turns)
         reader_kw = dict(num_frames=c.num_frames, sampling="uniform", train=False, size=c.size,
                          frame_transform=_hd(c.size, c.hd_max_tiles), flip=False, meta=True)
         for b in clip_batches(self.shards, make, reader_kw, rank, world_size, epoch, seed, micro_batch, start, "stage3", self.num_workers):
             if "meta" in b:     # from shards: turns shuffled by the record's own index, as InstructionDataset does (not the
                                 # shard position, which shifts when write_shards skipped an unreadable clip)
-                b["turns"] = [shuffled_turns(m["QA"], seed, epoch, int(m["index"]), c.max_turns) for m in b.pop("meta")]
+                b["turns"] = [shuffled_turns(m["QA"], seed, epoch, int(m["index"]), c.max_turns, c.train_turns) for m in b.pop("meta")]
             yield b
 
 def stage3(data: str = "", video_root: str = ".", backend: str = "decord", num_workers: int = 0, preset: str | None = None,
