@@ -19,8 +19,8 @@ from ..data.media import IMAGENET_MEAN, IMAGENET_STD, normalize, resize, to_tens
 # %% auto #0
 __all__ = ['LLM_TRAIN', 'TRAIN_TURNS', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text',
            'Stage3Model', 'hd_grid', 'hd_tiles', 'hd_cache_short', 'hd_transform', 'stage3_state_dict',
-           'is_multiple_choice', 'sample_prompt', 'conversation', 'instruction_records', 'shuffled_turns',
-           'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
+           'is_multiple_choice', 'sample_prompt', 'conversation', 'instruction_records', 'turns_of_kind',
+           'shuffled_turns', 'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
 
 # %% ../../nbs/34_stage3.ipynb #2f5cd957
 LLM_TRAIN = ("full", "lora", "frozen")
@@ -357,11 +357,14 @@ def instruction_records(data) -> list:
     return [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end"),
                        meta={"QA": it["QA"], "index": k}) for k, it in enumerate(items)]
 
+def turns_of_kind(qa: Sequence[dict], kinds: str = "all") -> list[dict]:
+    "The QA turns of `kinds`: \"all\", or \"open\" (no multiple choice: the captioning sub-stage)."
+    return [t for t in qa if kinds == "all" or not is_multiple_choice(t)]
+
 def shuffled_turns(qa: Sequence[dict], seed: int, epoch: int, index: int, max_turns: int = 0, kinds: str = "all") -> list[dict]:
-    """Clip `index`'s QA turns of `kinds` ("all"; "open": no multiple choice) in this epoch's order (VideoChat2 shuffles
-    them), the first `max_turns` when > 0."""
+    "Clip `index`'s QA turns of `kinds` in this epoch's order (VideoChat2 shuffles them), the first `max_turns` when > 0."
     from iv2.config import rng_for
-    qa = [t for t in qa if kinds == "all" or not is_multiple_choice(t)]
+    qa = turns_of_kind(qa, kinds)
     order = rng_for(seed, epoch, index, "qa").permutation(len(qa))
     return [dict(qa[k]) for k in order[:max_turns or None]]
 
@@ -376,11 +379,12 @@ class InstructionDataset(torch.utils.data.Dataset):
                  backend: str = "decord", cache_short: int = 64, max_turns: int = 0, hd_max_tiles: int = 0, kinds: str = "all"):
         from iv2.data.datasets import VideoDataset
         recs = instruction_records(data)
-        if kinds != "all":                          # a clip with no turn of this kind has nothing to teach in this sub-stage
-            keep = [r for r in recs if shuffled_turns(r.meta["QA"], 0, 0, 0, kinds=kinds)]
-            if not keep: raise ValueError(f"instruction data: no clip has a QA turn of kind {kinds!r}")
-            if len(keep) < len(recs): logging.getLogger("iv2.stages").info("InstructionDataset: %d of %d clips have no %r turns and are left out", len(recs) - len(keep), len(recs), kinds)
-            recs = keep
+        keep = [r for r in recs if turns_of_kind(r.meta["QA"], kinds)]     # a clip with no turn of this kind sits this sub-stage out
+        if not keep: raise ValueError(f"instruction data: no clip has a QA turn of kind {kinds!r}")
+        if len(keep) < len(recs):
+            logging.getLogger("iv2.stages").info("InstructionDataset: %d of %d clips have no %r turns and are left out",
+                                                 len(recs) - len(keep), len(recs), kinds)
+        recs = keep
         self.qa, self.index = [r.meta["QA"] for r in recs], [r.meta["index"] for r in recs]
         self.seed, self.epoch, self.max_turns, self.kinds = seed, 0, max_turns, kinds
         hd = _hd(size, hd_max_tiles)
@@ -427,8 +431,23 @@ class Stage3Stage:
         for b in clip_batches(self.shards, make, reader_kw, rank, world_size, epoch, seed, micro_batch, start, "stage3", self.num_workers):
             if "meta" in b:     # from shards: turns shuffled by the record's own index, as InstructionDataset does (not the
                                 # shard position, which shifts when write_shards skipped an unreadable clip)
-                b["turns"] = [shuffled_turns(m["QA"], seed, epoch, int(m["index"]), c.max_turns, c.train_turns) for m in b.pop("meta")]
+                turns = [shuffled_turns(m["QA"], seed, epoch, int(m["index"]), c.max_turns, c.train_turns) for m in b.pop("meta")]
+                b = _rows_with_turns(b, turns, c.train_turns)
             yield b
+
+def _rows_with_turns(b: dict, turns: list[list[dict]], kinds: str) -> dict:
+    """A shard batch with its `turns`, less the clips that have none of `kinds` (they sit the sub-stage out, as
+    `InstructionDataset` leaves them out; logged). A micro-batch with none left is an error: every rank must step."""
+    keep = [k for k, t in enumerate(turns) if t]
+    if len(keep) == len(turns): return {**b, "turns": turns}
+    if not keep: raise ValueError(f"stage3 shards: no clip of the micro-batch {b['id']} has a QA turn of kind {kinds!r}; "
+                                  "give this sub-stage instruction data with such turns")
+    logging.getLogger("iv2.stages").info("stage3 shards: clips %s have no %r turns and sit this batch out",
+                                         [b["id"][k] for k in range(len(turns)) if k not in keep], kinds)
+    def rows(v):                                            # per-clip entries: the kept rows; `skipped` and the rest as they are
+        if torch.is_tensor(v) and v.dim() and len(v) == len(turns): return v[keep]
+        return [v[k] for k in keep] if isinstance(v, list) and len(v) == len(turns) else v
+    return {**{k: v if k == "skipped" else rows(v) for k, v in b.items()}, "turns": [turns[k] for k in keep]}
 
 def stage3(data: str = "", video_root: str = ".", backend: str = "decord", num_workers: int = 0, preset: str | None = None,
            shards: str = "", **cfg_args) -> Stage3Stage:
