@@ -14,7 +14,7 @@ from .encoders.vit import VisionConfig, sincos_3d_pos_embed, visible_index
 
 # %% auto #0
 __all__ = ['cosine_distill_loss', 'gather_visible', 'align_motion_frames', 'LinearDecoder', 'MlpDecoder', 'DistillHeads',
-           'DistillLossConfig', 'build_heads', 'stage1_losses']
+           'DistillLossConfig', 'build_heads', 'stage1_losses', 'TargetCentre']
 
 # %% ../nbs/22_losses.ipynb #70faa32e
 def cosine_distill_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -133,6 +133,8 @@ class DistillLossConfig(Config):
     teacher_clip_dim: int = 768                               # InternViT-6B attention-pool output
     motion_dim: int = 1408                                    # VideoMAEv2-g width
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)     # middle (clip), final, motion
+    centre_momentum: float = 0.0                              # > 0: targets minus a running per-position mean (`TargetCentre`;
+                                                              # an iv2 ablation, not the paper); 0: off, the paper
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "paper": {},
@@ -147,6 +149,8 @@ class DistillLossConfig(Config):
             if getattr(self, name) <= 0: raise ConfigError(f"DistillLossConfig.{name}: must be positive")
         if len(self.weights) != 3 or any(w < 0 for w in self.weights):
             raise ConfigError(f"DistillLossConfig.weights: three non-negative weights (clip, final, motion), got {self.weights}")
+        if not 0.0 <= self.centre_momentum < 1.0:
+            raise ConfigError(f"DistillLossConfig.centre_momentum: 0 (off) or a momentum in (0, 1), got {self.centre_momentum}")
 
     def resolve(self, layers: Sequence[int], depth: int) -> list[int]:
         "Layer indices made non-negative for a student of `depth` blocks."
@@ -205,3 +209,31 @@ def stage1_losses(student_out: dict, teacher_out: dict, heads: DistillHeads, vis
     w = cfg.weights
     return dict(loss_clip=loss_clip, loss_final=loss_final, loss_mae=loss_mae,
                 loss=w[0] * loss_clip + w[1] * loss_final + w[2] * loss_mae)
+
+# %% ../nbs/22_losses.ipynb #81bd84c5
+class TargetCentre(nn.Module):
+    "A running per-position mean of `n` distillation targets of shape (B, *shape), subtracted from them (see above)."
+    def __init__(self, n: int, shape: Sequence[int], momentum: float):
+        super().__init__()
+        if not 0.0 < momentum < 1.0: raise ValueError(f"TargetCentre: momentum must be in (0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        self.register_buffer("centre", torch.zeros(n, *shape))                # (n, *shape), e.g. (n, T, L, D)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))   # 0: the next batch mean starts the average
+
+    @torch.no_grad()
+    def update(self, targets: Sequence[torch.Tensor]):
+        "Fold the batch means of `targets` (each (B, *shape)) into the centre, averaged over ranks."
+        m = torch.stack([t.float().mean(0) for t in targets])                 # (n, *shape)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(m); m /= torch.distributed.get_world_size()
+        if int(self.updates) == 0: self.centre.copy_(m)
+        else: self.centre.mul_(self.momentum).add_(m, alpha=1.0 - self.momentum)
+        self.updates += 1
+
+    def forward(self, targets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        "`targets` minus the centre; in training mode the centre first takes in this batch."
+        if len(targets) != len(self.centre) or any(tuple(t.shape[1:]) != tuple(self.centre.shape[1:]) for t in targets):
+            raise ValueError(f"TargetCentre: expected {len(self.centre)} targets of shape (B, {', '.join(map(str, self.centre.shape[1:]))}), "
+                             f"got {[tuple(t.shape) for t in targets]}")
+        if self.training: self.update(targets)
+        return [t - self.centre[j].to(t.dtype) for j, t in enumerate(targets)]

@@ -191,6 +191,9 @@ def test_stage1_bad_parameters_are_named(tmp_path):
     with pytest.raises(RunError) as e:
         run_notebook("stage1", {"seeds": "a,b"}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
     assert "parameter 'seeds'" in str(e.value)
+    with pytest.raises(RunError) as e:
+        run_notebook("stage1", {"centre_momentum": 1.0}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+    assert "parameter 'centre_momentum'" in str(e.value)
 
 
 def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage1):
@@ -200,7 +203,8 @@ def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage
     if deepspeed_launcher() is None: pytest.skip("deepspeed launcher not installed")
     t, rep_t, _ = teachers_and_stage1
     rep = run_notebook("stage1", {"num_clips": 12, "data_dir": str(t / "world"), "teachers_dir": rep_t["run_dir"], "steps": 2,
-                                  "seeds": "0", "batch_size": 4, "probe_batch": 4, "launcher": "deepspeed", "nprocs": 2},
+                                  "seeds": "0", "batch_size": 4, "probe_batch": 4, "launcher": "deepspeed", "nprocs": 2,
+                                  "centre_momentum": 0.5},          # the centres' batch means are averaged across the ranks
                        runs_root=t / "runs_ds", reports_root=t / "reports_ds", progress=False)
     seed_dir = Path(rep["run_dir"]) / "seed0"
     env = json.loads((seed_dir / "env.json").read_text())
@@ -210,6 +214,12 @@ def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage
     assert "--num_accelerators 2" in (seed_dir / "launch.log").read_text()
     assert rep["scale"]["launcher"].startswith("deepspeed launcher, 2 process(es)")
     assert 0.0 <= rep["metrics"]["linear_probe_acc"] <= 1.0
+    from iv2.checkpoints import read_state_dict
+    from iv2.engine import latest_checkpoint
+    sd = read_state_dict(latest_checkpoint(seed_dir) / "model.safetensors")
+    assert rep["scale"]["target_centring"] == "momentum 0.5"
+    for k in ("clip_centre", "mae_centre"):                       # both teachers' targets centred, once per step
+        assert int(sd[f"{k}.updates"]) == 2 and sd[f"{k}.centre"].abs().sum() > 0
 
 
 def test_table16_grid_runs_every_point_and_cites_the_paper(teachers_and_stage1):
@@ -278,6 +288,10 @@ def test_stage3_run_reports_mvbench_accuracy_against_random_init(stage2_run):
     clips = {s["video"] for s in samples}
     assert set(m["open_qa_exact"]) == {"stage2", "random_init"} and m["open_qa_turns"] >= 4 * len(clips)
     assert "Exact match over" in page
+    # the encoder probes: each scripted fact, read by a linear probe from both frozen encoders, beside the commonest answer
+    assert set(m["encoder_probe"]) == {"colour", "shape", "action", "shots"} and "commonest answer" in page
+    for f, row in m["encoder_probe"].items():
+        assert set(row) == {"stage2", "random_init", "commonest answer"} and all(0.0 <= v <= 1.0 for v in row.values()), (f, row)
     # HD post-training from each stage-2 seed: 4 then 8 frames, 2 x 2 tiles + the thumbnail, scored as its own row
     assert 0.0 <= m["mvbench_avg_hd"] <= 1.0 and "mvbench_avg_strict_hd" in m
     for sd in (0, 1):
@@ -574,3 +588,18 @@ def test_eval_action_bad_parameters_are_named(teachers_and_stage1, tmp_path):
             run_notebook("eval_action", params, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
         assert f"parameter '{name}'" in str(e.value), e.value
     assert "needs a stage-2 encoder" in str(e.value)
+
+
+def test_every_run_notebook_parameter_parses_under_papermill():
+    "papermill reads each parameter's name, default and help from its line; a line it cannot parse drops out of `papermill --help-notebook` and warns 'unknown parameter' on every run"
+    from pathlib import Path
+    from papermill.translators import PythonTranslator
+    names = sorted(Path(__file__).parents[1].glob("nbs/runs/*.ipynb"))
+    assert len(names) >= 10
+    for nb in names:
+        cells = [c for c in json.loads(nb.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(cells) == 1, nb.name
+        src = "".join(cells[0]["source"])
+        declared = [m.group(1) for m in re.finditer(r"^([A-Za-z_]\w*)\s*=", src, re.M)]
+        parsed = [p.name for p in PythonTranslator.inspect({"source": src})]
+        assert declared and parsed == declared, (nb.name, sorted(set(declared) - set(parsed)))

@@ -14,7 +14,7 @@ from ..engine import EngineConfig, StageBase, clip_batches, default_param_groups
 from ..encoders.vit import VisionConfig, VisionTransformer
 from ..teachers import TeacherConfig, build_teacher
 from ..masking import MaskConfig, make_mask
-from ..losses import (DistillLossConfig, build_heads, stage1_losses, cosine_distill_loss, gather_visible,
+from ..losses import (DistillLossConfig, build_heads, stage1_losses, cosine_distill_loss, gather_visible, TargetCentre,
                         align_motion_frames)
 from ..encoders.vit import visible_index
 from ..data.datasets import VideoDataset
@@ -146,6 +146,11 @@ class Stage1Model(nn.Module):
         self.heads = build_heads(vc, lc)
         if not cfg.use_mm: del self.heads.final_clip_decoder    # motion_only: no pooled target, no final head
         self.return_layers = lc.return_layers(vc.depth)
+        if lc.centre_momentum:                                  # the targets' running per-position means (iv2.losses.TargetCentre)
+            T, N = vc.t_tokens, vc.tokens_per_frame
+            if cfg.use_mm: self.clip_centre = TargetCentre(len(lc.clip_layers), (T, self.teachers["mm"].num_prefix + N, lc.teacher_dim),
+                                                           lc.centre_momentum)
+            if cfg.use_motion: self.mae_centre = TargetCentre(len(lc.mae_layers), (T, N, lc.motion_dim), lc.centre_momentum)
         self._register_state_dict_hook(_teacher_state_hook)
         self.register_load_state_dict_post_hook(_teacher_load_hook)
 
@@ -166,13 +171,15 @@ class Stage1Model(nn.Module):
         if cfg.use_mm:
             o = self.teachers["mm"](frames, layers=list(range(-len(lc.clip_layers), 0)) or [-1])
             self._check_grid("multimodal", o.patches(0), T, N)
-            teacher_out.update(clip_layers=o.layers[:len(lc.clip_layers)], clip_pooled=o.pooled)
+            clip = o.layers[:len(lc.clip_layers)]                              # each (B, T, L, D)
+            teacher_out.update(clip_layers=self.clip_centre(clip) if lc.centre_momentum else clip, clip_pooled=o.pooled)
             attn = o.attn                                                      # (B, T, N)
         if cfg.use_motion:
             o = self.teachers["motion"](video, layers=list(range(-len(lc.mae_layers), 0)) or [-1])
             m = align_motion_frames(o.layers[0], T)                            # (B, T, N', D)
             self._check_grid("motion", m, T, N)
-            teacher_out["mae_layers"] = o.layers[:len(lc.mae_layers)]
+            mae = [align_motion_frames(x, T) for x in o.layers[:len(lc.mae_layers)]]   # each (B, T, N, D)
+            teacher_out["mae_layers"] = self.mae_centre(mae) if lc.centre_momentum else mae
         visible = make_mask(cfg.mask, B, T, N, attn=attn, device=video.device)  # (B, T, K)
         s = self.student(video if vc.tubelet_size == 2 else frames, visible=visible, return_layers=self.return_layers)
         if cfg.use_mm: return stage1_losses(s, teacher_out, self.heads, visible, lc)
@@ -196,8 +203,9 @@ class Stage1Model(nn.Module):
         s = self.student(video if vc.tubelet_size == 2 else video[:, :, ::2], visible=visible, return_layers=self.return_layers)
         li = lc.resolve(lc.mae_layers, vc.depth)[-1]                               # the last aligned student layer ...
         h = self.heads.mae_tokens(len(lc.mae_layers) - 1, dict(zip(self.return_layers, s["layers"]))[li], visible_index(visible, B, T, N))
-        t = self.teachers["motion"](video, layers=[-1]).layers[0]                 # ... against the teacher's last layer
-        return h, gather_visible(align_motion_frames(t, T, N), visible, has_cls=False)
+        t = align_motion_frames(self.teachers["motion"](video, layers=[-1]).layers[0], T, N)   # ... against the teacher's last layer
+        if lc.centre_momentum: t = t - self.mae_centre.centre[-1].to(t.dtype)                  # (centred as in training)
+        return h, gather_visible(t, visible, has_cls=False)
 
     def train(self, mode: bool = True):
         super().train(mode)
