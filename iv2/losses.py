@@ -226,8 +226,8 @@ class TargetCentre(nn.Module):
         m = torch.stack([t.float().mean(0) for t in targets])                 # (n, *shape)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(m); m /= torch.distributed.get_world_size()
-        if int(self.updates) == 0: self.centre.copy_(m)
-        else: self.centre.mul_(self.momentum).add_(m, alpha=1.0 - self.momentum)
+        w = torch.where(self.updates == 0, 1.0, 1.0 - self.momentum)           # the first batch sets the centre; no host sync
+        self.centre.lerp_(m, w.to(m.dtype))
         self.updates += 1
 
     def forward(self, targets: Sequence[torch.Tensor]) -> list[torch.Tensor]:

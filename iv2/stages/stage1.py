@@ -176,9 +176,9 @@ class Stage1Model(nn.Module):
             attn = o.attn                                                      # (B, T, N)
         if cfg.use_motion:
             o = self.teachers["motion"](video, layers=list(range(-len(lc.mae_layers), 0)) or [-1])
-            m = align_motion_frames(o.layers[0], T)                            # (B, T, N', D)
-            self._check_grid("motion", m, T, N)
-            mae = [align_motion_frames(x, T) for x in o.layers[:len(lc.mae_layers)]]   # each (B, T, N, D)
+            mae = [align_motion_frames(x, T) for x in o.layers]                # each (B, T, N', D)
+            self._check_grid("motion", mae[0], T, N)
+            mae = mae[:len(lc.mae_layers)]
             teacher_out["mae_layers"] = self.mae_centre(mae) if lc.centre_momentum else mae
         visible = make_mask(cfg.mask, B, T, N, attn=attn, device=video.device)  # (B, T, K)
         s = self.student(video if vc.tubelet_size == 2 else frames, visible=visible, return_layers=self.return_layers)
