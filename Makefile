@@ -1,6 +1,6 @@
 # iv2: two commands set up a fresh machine.
 #   make test   install (if needed), check iv2/ is what nbs/ exports, run every notebook's tests and tests/
-#   make demo   install (if needed), run the main job on the embedded default (world -> teachers -> stage 1 -> stage 2 -> VidCap -> stage 3), render reports/
+#   make demo   install (if needed), run the main job on the embedded default (world -> teachers -> stage 1 -> stage 2 -> VidCap -> LLM warm-up -> stage 3), render reports/
 #   make reproduce PRESET=tiny|small   every run notebook (stages, evaluations, ablations) on that world, then reports/
 #   make reports  re-render reports/ from the newest finished run of each report under runs/ (nothing is re-run)
 SHELL := /bin/bash
@@ -66,7 +66,7 @@ pytest: install
 
 test: check-export nbtest pytest
 
-demo: install  ## the embedded default at the tiny preset: the world, its teachers, stage 1, stage 2, VidCap, stage 3 -> reports/
+demo: install  ## the embedded default at the tiny preset: the world, its teachers, stage 1, stage 2, VidCap, the LLM warm-up, stage 3 -> reports/
 	$(BIN)/iv2 run synth_world -p preset tiny
 	$(BIN)/iv2 run teachers -p preset tiny
 	$(BIN)/iv2 run stage1 -p preset tiny
@@ -75,8 +75,10 @@ demo: install  ## the embedded default at the tiny preset: the world, its teache
 	# VidCap: the learned shot detector trained on the world's transitions, then clips, five captions (Whisper for speech), manifest, data card
 	$(BIN)/iv2 run vidcap_shots -p steps 300
 	$(BIN)/iv2 run vidcap
-	# stage 3: a QFormer and a tiny LLM on the stage-2 encoder and on a random one, MVBench-style questions and chat (about 5 minutes)
-	$(BIN)/iv2 run stage3 -p steps 150 -p seeds 0
+	# the tiny LLM's text warm-up, the stand-in for VideoChat2's pretrained chat LLM (about 10 minutes; 8000 steps by default)
+	$(BIN)/iv2 run llm_warmup -p steps 2000
+	# stage 3: a QFormer and the warmed-up LLM on the stage-2 encoder and on a random one, MVBench-style questions and chat (about 5 minutes)
+	$(BIN)/iv2 run stage3 -p steps 150 -p seeds 0 -p llm warmup
 
 # ---- reproduce: every run notebook on one world preset, through papermill, then reports/ ----
 # PRESET=tiny: the 300-clip world, 2 seeds for the stages, 1 seed and fewer steps for the ablation grids;
@@ -85,10 +87,12 @@ PRESET ?= tiny
 ifeq ($(PRESET),tiny)
   S2_STEPS := 100
   S3_ARGS  := -p steps 150
+  WARM_ARGS := -p steps 2000
   ABL_ARGS := -p steps 100 -p seeds 0
 else ifeq ($(PRESET),small)
   S2_STEPS := 300
   S3_ARGS  := -p steps 400
+  WARM_ARGS :=
   ABL_ARGS :=
 else
   $(error PRESET must be tiny or small, got '$(PRESET)')
@@ -99,7 +103,7 @@ W := -p world_preset $(PRESET)
 # since that reproduction started (the time is kept in runs/reproduce-<preset>.since), with the same parameters, is
 # reused, not run again; an interrupted step runs again. A reproduction longer than a sitting is done in several, and
 # `iv2 runs --since` (printed at the end) sums the wall times its runs measured.
-reproduce: install  ## PRESET=tiny|small [RESUME=1]: world -> teachers -> stage 1 -> stage 2 -> stage 3 -> evaluations -> VidCap -> ablations -> reports/
+reproduce: install  ## PRESET=tiny|small [RESUME=1]: world -> teachers -> stage 1 -> stage 2 -> LLM warm-up -> stage 3 -> evaluations -> VidCap -> ablations -> reports/
 	since_file=runs/reproduce-$(PRESET).since
 	if [ -z "$(RESUME)" ] || [ ! -s "$$since_file" ]; then mkdir -p runs; date +%Y-%m-%dT%H:%M:%S > "$$since_file"; fi
 	since=$$(cat "$$since_file"); echo "reproduction PRESET=$(PRESET) started $$since"
@@ -110,7 +114,8 @@ reproduce: install  ## PRESET=tiny|small [RESUME=1]: world -> teachers -> stage 
 	$$run stage1 $(W)
 	$$run stage2 $(W) -p steps $(S2_STEPS)
 	$$run stage2 $(W) -p preset tiny_av -p modalities vt,at -p seeds 0 -p random_init_control False -p steps $(S2_STEPS) --run-name stage2_av
-	$$run stage3 $(W) $(S3_ARGS)
+	$$run llm_warmup $(W) $(WARM_ARGS)
+	$$run stage3 $(W) $(S3_ARGS) -p llm warmup
 	$$run eval_action $(W)
 	# the learnability control: the labels learned directly, from scratch, by the tiny ViT and a small 3D CNN
 	$$run ceiling $(W)

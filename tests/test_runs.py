@@ -320,6 +320,35 @@ def test_stage3_under_the_deepspeed_launcher_on_two_processes(stage2_run):
     assert rep["metrics"]["eval_items"] == 2
 
 
+def test_llm_warmup_run_exports_the_llm_stage3_starts_from(stage2_run):
+    "The text warm-up: its held-out curve and per-task scores, the exported transformers folder, and stage 3 from that folder."
+    from pathlib import Path
+    import torch
+    from iv2.stages.stage3 import Stage3Config, build_llm, load_text_lm
+    t, _, rep2 = stage2_run
+    rep = run_notebook("llm_warmup", {"num_clips": 12, "data_dir": str(t / "world"), "steps": 4, "batch_size": 4, "curve_points": 2,
+                                      "option_orders": 2, "llm_layers": 1, "eval_split": "train", "max_eval_items": 6},
+                       runs_root=t / "runs_w", reports_root=t / "reports_w", progress=False)
+    m, rd = rep["metrics"], Path(rep["run_dir"])
+    assert [s for s, _ in m["text_mc_curve"]] == [2, 4] and m["text_mc_avg"] == m["text_mc_curve"][-1][1] and m["eval_items"] == 6
+    assert 0.0 <= m["text_mc_avg_strict"] <= 1.0 and m["tasks"] and 0.0 < m["chance"] < 1.0
+    texts = json.loads((rd / "text_instructions.json").read_text())
+    assert texts and all(r["text"] and r["QA"] for r in texts)
+    llm_dir = Path(m["llm_dir"])
+    assert llm_dir == rd / "llm" and (llm_dir / "config.json").exists()
+    llm, tok = build_llm(Stage3Config(llm=str(llm_dir)))                 # the exported LLM is the trained one
+    trained = load_text_lm(rd / "train").llm
+    assert llm.config.num_hidden_layers == 1 and all(torch.equal(a, b) for a, b in zip(llm.state_dict().values(), trained.state_dict().values()))
+    page = (t / "reports_w" / "llm_warmup.html").read_text()
+    assert "data:image/png;base64," in page and "Mistral-7B-Instruct" in page
+    rep3 = run_notebook("stage3", _stage3_params(t, rep2, seeds="0", max_eval_items=2, random_init_control=False, llm=str(llm_dir)),
+                        runs_root=t / "runs_s3w", reports_root=t / "reports_s3w", progress=False)
+    assert f"llm: {llm_dir}" in (Path(rep3["run_dir"]) / "stage2-seed0" / "config.yaml").read_text() and str(llm_dir) in rep3["scale"]["model"]
+    with pytest.raises(RunError) as e:
+        run_notebook("stage3", _stage3_params(t, rep2, llm=str(t / "no_llm_here")), runs_root=t / "runs_s3x", reports_root=t / "reports_s3x", progress=False)
+    assert "parameter 'llm'" in str(e.value) and "no_llm_here" in str(e.value)
+
+
 def test_table19_grid_flips_only_the_qformer_question(stage2_run):
     "Table 19: two stage-3 points that differ in `qformer_instruction` alone, each a full stage-3 run, and the paper beside them."
     import yaml

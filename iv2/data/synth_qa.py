@@ -17,7 +17,8 @@ from ..eval.mcqa import LETTERS, MVBENCH_SYSTEM, MCItem, mc_question
 # %% auto #0
 __all__ = ['QA_TASKS', 't_action_sequence', 't_moving_direction', 't_action_count', 't_moving_count', 't_object_existence',
            't_object_interaction', 't_scene_transition', 't_state_change', 't_fine_grained_action', 't_action_antonym',
-           'synth_mc_items', 'write_mvbench_files', 'instruction_data', 'write_instruction_data', 'task_stats']
+           'synth_mc_items', 'write_mvbench_files', 'instruction_data', 'write_instruction_data', 'script_text',
+           'text_instruction_data', 'task_stats']
 
 # %% ../../nbs/05_synth_qa.ipynb #754e9f4e
 _DIR_TEXT = {"left": "to the left", "right": "to the right", "up": "upwards", "down": "downwards", "up_left": "up and to the left",
@@ -178,6 +179,38 @@ def instruction_data(records: Sequence[ClipRecord], split: str | None = "train",
 def write_instruction_data(records: Sequence[ClipRecord], path: str | os.PathLike, **kw) -> Path:
     "`instruction_data(records, **kw)` as one JSON file (atomically)."
     p = Path(path); atomic_write_text(p, json.dumps(instruction_data(records, **kw), indent=1)); return p
+
+# %% ../../nbs/05_synth_qa.ipynb #6762fcae
+def script_text(s: dict) -> str:
+    "A written description of a synthetic-world script: what the text warm-up puts where the video tokens will go."
+    o = s["objects"]
+    parts = [f"{_name(o[0])}: {_ACTION_TEXT[s['action']]}."]
+    if s["action"] == "change_colour": parts.append(f"it turns {o[0]['colour2']}.")
+    stop = next((e for e in s["events"] if e["kind"] == "stop"), None)
+    if s["action"] == "stop" and stop is not None: parts.append(f"it moves {_DIR_TEXT[stop['direction']]} before it stops.")
+    if len(o) > 1: parts.append("also " + ", ".join(_name(x) for x in o[1:]) + ".")
+    parts.append(f"{sum(_moves(t) for t in s['shots'][0]['tracks'])} objects move.")
+    parts.append(" then ".join(f"a {_hue_name(sh['background']['hue'])} background" for sh in s["shots"]) + ".")
+    hit = next((e for e in s["events"] if e["kind"] == "collide"), None)
+    if hit is not None: parts.append(f"it hits {_name(o[hit['other']])}.")
+    return " ".join(parts)
+
+def text_instruction_data(records: Sequence[ClipRecord], split: str | None = "train", root: str | os.PathLike = ".", seed: int = 0,
+                          option_orders: int = 8, caption_kind: str = "V") -> list[dict]:
+    """Per `split` clip `{"text": script_text(script), "video": path, "QA": [...]}`: its caption and open turns, and each
+    multiple-choice question under `option_orders` draws of options and order (seeds `seed` ... `seed + option_orders - 1`)."""
+    if option_orders < 1: raise ValueError(f"option_orders: must be >= 1, got {option_orders}")
+    mc: dict[str, list[dict]] = {}
+    for k in range(option_orders):
+        for it in synth_mc_items(records, split, root=root, seed=seed + k):
+            mc.setdefault(it.meta["clip"], []).append({"i": MVBENCH_SYSTEM.strip(), "q": mc_question(it.question, it.candidates), "a": it.gt})
+    out = []
+    for r, s in _scripted(records, split):
+        cap = r.caption(caption_kind)
+        qa = ([{"i": "Describe the video briefly.", "q": "", "a": cap}] if cap else [])
+        qa += [{"i": "Answer the question about the video in a few words.", "q": q, "a": f(s)} for q, f in _OPEN]
+        out.append({"text": script_text(s), "video": str(r.path(root)), "QA": qa + mc.get(r.id, [])})
+    return out
 
 # %% ../../nbs/05_synth_qa.ipynb #f349d105
 def task_stats(items: Sequence[MCItem]) -> dict[str, dict]:

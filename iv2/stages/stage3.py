@@ -18,9 +18,11 @@ from ..data.media import IMAGENET_MEAN, IMAGENET_STD, normalize, resize, to_tens
 
 # %% auto #0
 __all__ = ['LLM_TRAIN', 'TRAIN_TURNS', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text',
-           'Stage3Model', 'hd_grid', 'hd_tiles', 'hd_cache_short', 'hd_transform', 'stage3_state_dict',
-           'is_multiple_choice', 'sample_prompt', 'conversation', 'instruction_records', 'turns_of_kind',
-           'shuffled_turns', 'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run', 'mcqa_answer_fn']
+           'token_batch', 'answer_loss', 'Stage3Model', 'hd_grid', 'hd_tiles', 'hd_cache_short', 'hd_transform',
+           'stage3_state_dict', 'is_multiple_choice', 'sample_prompt', 'conversation', 'instruction_records',
+           'turns_of_kind', 'shuffled_turns', 'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run',
+           'mcqa_answer_fn', 'text_prompt', 'TextLM', 'TextTurns', 'TextWarmupStage', 'llm_warmup', 'load_text_lm',
+           'export_llm', 'text_mc_answers']
 
 # %% ../../nbs/34_stage3.ipynb #2f5cd957
 LLM_TRAIN = ("full", "lora", "frozen")
@@ -116,7 +118,7 @@ def build_llm(cfg: Stage3Config):
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         tok.add_special_tokens({"additional_special_tokens": [t for t in CHAT_TOKENS if t not in tok.get_vocab()]})
         if tok.pad_token is None: tok.pad_token = tok.eos_token
-        llm = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, torch_dtype=torch.bfloat16)
+        llm = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype="auto")   # the folder's own dtype (Mistral-7B: bf16)
         llm.resize_token_embeddings(len(tok))
     return llm, tok
 
@@ -153,6 +155,34 @@ def prompt_text(n_video: int, system: str, user: str, prime: str = "") -> str:
     "`[INST] <Video><vid>...</Video> {system}{user} [/INST] {prime}`; with `n_video=0` (a later turn) no video block."
     video = f"<Video>{VIDEO_TOKEN * n_video}</Video> " if n_video else ""
     return f"[INST] {video}{system}{user} [/INST]" + (f" {prime}" if prime else "")
+
+def token_batch(tok, prompts: Sequence, answers: Sequence[str] | None = None, budget: int | None = None, device=None):
+    """Right-padded `(ids, labels, mask)` of `prompts` (+ `answers`), or of conversations (lists of `(prompt, answer)`
+    turns): labels -100 except on answer tokens and each answer's eos; turns past `budget` tokens dropped whole (the first is cut)."""
+    rows, labels = [], []
+    for i, p in enumerate(prompts):
+        turns = [(p, answers[i] if answers is not None else None)] if isinstance(p, str) else list(p)
+        ids, lab = [], []
+        for k, (q, a) in enumerate(turns):
+            tq = tok(q, add_special_tokens=False)["input_ids"]
+            ta = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] if a is not None else []
+            if k and budget is not None and len(ids) + len(tq) + len(ta) > budget: break
+            ids, lab = ids + tq + ta, lab + [-100] * len(tq) + ta
+        rows.append(ids[:budget]); labels.append(lab[:budget])
+    L = max(map(len, rows))
+    ids = torch.full((len(rows), L), tok.pad_token_id, dtype=torch.long, device=device)
+    lab = torch.full((len(rows), L), -100, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), L, dtype=torch.long, device=device)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, :len(r)] = torch.tensor(r, device=device); lab[i, :len(l)] = torch.tensor(l, device=device); mask[i, :len(r)] = 1
+    return ids, lab, mask
+
+def answer_loss(llm, emb: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    "Next-token cross-entropy on the answer tokens of `labels`, the output layer applied at those positions only."
+    lm = llm.get_base_model() if hasattr(llm, "get_base_model") else llm                   # under peft: LoRA sits inside it
+    h = lm.get_decoder()(inputs_embeds=emb, attention_mask=mask).last_hidden_state         # (B, L, D), after the final norm
+    tgt = labels[:, 1:]; sel = tgt != -100                                                 # positions that predict an answer token
+    return F.cross_entropy(lm.get_output_embeddings()(h[:, :-1][sel]).float(), tgt[sel])  # (N answer tokens, vocab) only
 
 class Stage3Model(nn.Module):
     "Video encoder + QFormer + projection + LLM (see above)."
@@ -211,27 +241,11 @@ class Stage3Model(nn.Module):
         """Right-padded `inputs_embeds`, `attention_mask`, `labels` (-100 except on answer tokens and each answer's eos).
         `prompts[i]` is a prompt (answered by `answers[i]`, or by nothing when generating), or a whole conversation: a
         list of `(prompt, answer)` turns. Turns past `max_text_len` text tokens are dropped whole (the first is cut)."""
-        tok, dev, Q = self.tokenizer, video_embeds.device, video_embeds.shape[1]
-        budget = self.cfg.max_text_len + Q
-        rows, labels = [], []
-        for i, p in enumerate(prompts):
-            turns = [(p, answers[i] if answers is not None else None)] if isinstance(p, str) else list(p)
-            ids, lab = [], []
-            for k, (q, a) in enumerate(turns):
-                tq = tok(q, add_special_tokens=False)["input_ids"]
-                ta = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] if a is not None else []
-                if k and len(ids) + len(tq) + len(ta) > budget: break
-                ids, lab = ids + tq + ta, lab + [-100] * len(tq) + ta
-            n_vid = sum(t == self.video_token_id for t in ids)
-            if n_vid != Q:
-                raise ValueError(f"prompt {i} holds {n_vid} video placeholders, the model makes {Q} video tokens")
-            rows.append(ids[:budget]); labels.append(lab[:budget])
-        L = max(map(len, rows))
-        ids = torch.full((len(rows), L), tok.pad_token_id, dtype=torch.long, device=dev)
-        lab = torch.full((len(rows), L), -100, dtype=torch.long, device=dev)
-        mask = torch.zeros(len(rows), L, dtype=torch.long, device=dev)
-        for i, (r, l) in enumerate(zip(rows, labels)):
-            ids[i, :len(r)] = torch.tensor(r, device=dev); lab[i, :len(l)] = torch.tensor(l, device=dev); mask[i, :len(r)] = 1
+        Q = video_embeds.shape[1]
+        ids, lab, mask = token_batch(self.tokenizer, prompts, answers, self.cfg.max_text_len + Q, video_embeds.device)
+        n_vid = (ids == self.video_token_id).sum(1)
+        for i in (n_vid != Q).nonzero().flatten().tolist():
+            raise ValueError(f"prompt {i} holds {int(n_vid[i])} video placeholders, the model makes {Q} video tokens")
         emb = self.llm.get_input_embeddings()(ids)
         is_vid = ids == self.video_token_id
         emb = emb.masked_scatter(is_vid[..., None], video_embeds.to(emb.dtype).reshape(-1, emb.shape[-1])[:int(is_vid.sum())])
@@ -241,12 +255,7 @@ class Stage3Model(nn.Module):
                 instructions: Sequence[str] | None = None) -> torch.Tensor:
         "Next-token loss on the answers (`prompts` + `answers`, or conversations: see `embed_inputs`)."
         ve = self.encode_video(video, instructions)
-        emb, mask, lab = self.embed_inputs(ve, prompts, answers)
-        lm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm    # under peft: LoRA sits inside it
-        h = lm.get_decoder()(inputs_embeds=emb, attention_mask=mask).last_hidden_state         # (B, L, D), after the final norm
-        tgt = lab[:, 1:]; sel = tgt != -100                                                    # positions that predict an answer token
-        logits = lm.get_output_embeddings()(h[:, :-1][sel])                                    # (N answer tokens, vocab) only
-        return F.cross_entropy(logits.float(), tgt[sel])
+        return answer_loss(self.llm, *self.embed_inputs(ve, prompts, answers))
 
     @torch.no_grad()
     def generate(self, video: torch.Tensor, prompts: Sequence[str], instructions: Sequence[str] | None = None,
@@ -475,3 +484,108 @@ def mcqa_answer_fn(model: Stage3Model, max_new_tokens: int = 16):
         n = model.video_tokens(frames.shape[1:3])                                   # frames: (T, H, W, 3)
         return model.generate(video, [prompt_text(n, prompt["system"], prompt["user"], prompt["prime"])], [q], max_new_tokens)[0]
     return answer
+
+# %% ../../nbs/34_stage3.ipynb #a070397e
+def text_prompt(qa: dict, text: str) -> tuple[str, str]:
+    "`(prompt, target)` of one instruction turn about a clip given as `text`: `sample_prompt` with the text in the video slot."
+    p, target, _ = sample_prompt(qa, 1)
+    return p.replace(VIDEO_TOKEN, text), target
+
+class TextLM(nn.Module):
+    "The stage-3 LLM alone (`build_llm(cfg)`, every weight trained): the answer-only next-token loss, greedy answers."
+    def __init__(self, cfg: Stage3Config):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.llm, self.tokenizer = build_llm(cfg)
+
+    def forward(self, prompts: Sequence, answers: Sequence[str] | None = None) -> torch.Tensor:
+        dev = self.llm.get_input_embeddings().weight.device
+        ids, lab, mask = token_batch(self.tokenizer, prompts, answers, self.cfg.max_text_len, dev)
+        return answer_loss(self.llm, self.llm.get_input_embeddings()(ids), mask, lab)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+        "Greedy continuations of `prompts`, decoded (special tokens dropped)."
+        tok, dev, outs = self.tokenizer, self.llm.get_input_embeddings().weight.device, []
+        for p in prompts:
+            ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"]], device=dev)
+            g = self.llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            outs.append(tok.decode(g[0, ids.shape[1]:], skip_special_tokens=True))
+        return outs
+
+def _text_records(data) -> list[dict]:
+    import json
+    where = str(data) if isinstance(data, (str, os.PathLike)) else "text instruction data"
+    items = json.loads(Path(data).read_text()) if isinstance(data, (str, os.PathLike)) else list(data)
+    for k, it in enumerate(items):
+        if not isinstance(it, dict) or not isinstance(it.get("text"), str) or not it.get("QA"):
+            raise ValueError(f"{where} item {k}: needs a 'text' (the clip written out) and a non-empty 'QA' list")
+        for t, qa in enumerate(it["QA"]):
+            if not isinstance(qa, dict) or not isinstance(qa.get("a"), str) or not qa["a"]:
+                raise ValueError(f"{where} item {k} QA {t}: needs an answer 'a' (text)")
+    return items
+
+class TextTurns(torch.utils.data.Dataset):
+    "Every QA turn of `text_instruction_data` records as one sample `{id, prompt, answer}` (`text_prompt`)."
+    def __init__(self, data):
+        self.items = _text_records(data)
+        self.turns = [(k, t) for k, it in enumerate(self.items) for t in range(len(it["QA"]))]
+    def __len__(self) -> int: return len(self.turns)
+    def __getitem__(self, i: int) -> dict:
+        k, t = self.turns[i]
+        p, a = text_prompt(self.items[k]["QA"][t], self.items[k]["text"])
+        return {"id": f"txt{k:06d}-{t}", "prompt": p, "answer": a}
+
+class TextWarmupStage:
+    "The text warm-up for `iv2.engine.train`: `TextLM`, all its weights, the answer loss, random turns of `data`."
+    def __init__(self, cfg: Stage3Config, data):
+        self.cfg, self.data = cfg.validate(), data
+        self.turns = TextTurns(data)                                  # read and checked once, before the model is built
+
+    def build_model(self, cfg=None) -> TextLM: return TextLM(self.cfg)
+
+    def param_groups(self, model: nn.Module, cfg) -> list[dict]:
+        from iv2.engine import default_param_groups
+        return default_param_groups(model, cfg)
+
+    def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]: return {"loss": model(batch["prompt"], batch["answer"])}
+
+    def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0):
+        from iv2.engine import loader_batches
+        yield from loader_batches(self.turns, rank, world_size, epoch, seed, micro_batch, start, "llm_warmup")
+
+def llm_warmup(data: str = "", preset: str | None = None, **cfg_args) -> TextWarmupStage:
+    """Factory for `iv2.engine.launch('iv2.stages.stage3:llm_warmup', ...)`: `stage_args` are `data` (a JSON file of
+    `text_instruction_data`) and the `Stage3Config` fields of the LLM (`llm`, `llm_width`, `llm_layers`, ...)."""
+    if not data: raise ValueError("llm_warmup: 'data' (a JSON file of text_instruction_data records) is required")
+    cfg = Stage3Config.preset(preset, **cfg_args) if preset else Stage3Config.from_dict(cfg_args)
+    return TextWarmupStage(cfg, data)
+
+def load_text_lm(train_dir: str | os.PathLike, step: int | None = None) -> TextLM:
+    "The `TextLM` of a text warm-up training folder (its config.yaml; the checkpoint of `step`, else the newest), in eval mode."
+    from iv2.engine import EngineConfig, latest_checkpoint
+    from iv2.checkpoints import load_checkpoint
+    d = Path(train_dir)
+    if not (d / "config.yaml").exists(): raise FileNotFoundError(f"{d}: not a training folder (no config.yaml)")
+    ck = latest_checkpoint(d) if step is None else next((p for p in (d / "ckpt").glob("step_*") if int(p.name.split("_")[1]) == step), None)
+    if ck is None: raise FileNotFoundError(f"{d}: has no checkpoint{'' if step is None else f' of step {step}'} under ckpt/")
+    args = {k: v for k, v in EngineConfig.from_yaml(d / "config.yaml").stage_args.items() if k not in ("data", "preset")}
+    m = TextLM(Stage3Config.from_dict(args, f"{d}/config.yaml stage_args"))
+    m.load_state_dict(load_checkpoint(ck / "model.safetensors")[0])
+    return m.eval()
+
+def export_llm(train_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    "The LLM of a text warm-up training folder as a transformers folder for `Stage3Config.llm`; `out_dir` must not exist."
+    out = Path(out_dir)
+    if out.exists(): raise FileExistsError(f"export_llm: {out} exists; an exported LLM is never overwritten")
+    m = load_text_lm(train_dir)
+    m.llm.save_pretrained(out); m.tokenizer.save_pretrained(out)
+    return out
+
+def text_mc_answers(model: TextLM, items: Sequence, texts: dict[str, str], max_new_tokens: int = 8) -> list[str]:
+    "`model`'s answers to multiple-choice `items` (`iv2.eval.mcqa.MCItem`s) about their clips written out (`texts[clip id]`)."
+    from iv2.eval.mcqa import MVBENCH_SYSTEM, mc_question
+    prompts = [text_prompt({"i": MVBENCH_SYSTEM.strip(), "q": mc_question(it.question, it.candidates), "a": it.gt}, texts[it.meta["clip"]])[0]
+               for it in items]
+    return model.generate(prompts, max_new_tokens)
