@@ -324,7 +324,9 @@ def test_llm_warmup_run_exports_the_llm_stage3_starts_from(stage2_run):
     "The text warm-up: its held-out curve and per-task scores, the exported transformers folder, and stage 3 from that folder."
     from pathlib import Path
     import torch
-    from iv2.stages.stage3 import Stage3Config, build_llm, load_text_lm
+    from iv2.stages.stage3 import Stage3Config, build_llm
+    from iv2.engine import latest_checkpoint
+    from iv2.checkpoints import load_checkpoint
     t, _, rep2 = stage2_run
     rep = run_notebook("llm_warmup", {"num_clips": 12, "data_dir": str(t / "world"), "steps": 4, "batch_size": 4, "curve_points": 2,
                                       "option_orders": 2, "llm_layers": 1, "eval_split": "train", "max_eval_items": 6},
@@ -336,9 +338,11 @@ def test_llm_warmup_run_exports_the_llm_stage3_starts_from(stage2_run):
     assert texts and all(r["text"] and r["QA"] for r in texts)
     llm_dir = Path(m["llm_dir"])
     assert llm_dir == rd / "llm" and (llm_dir / "config.json").exists()
-    llm, tok = build_llm(Stage3Config(llm=str(llm_dir)))                 # the exported LLM is the trained one
-    trained = load_text_lm(rd / "train").llm
-    assert llm.config.num_hidden_layers == 1 and all(torch.equal(a, b) for a, b in zip(llm.state_dict().values(), trained.state_dict().values()))
+    llm, tok = build_llm(Stage3Config(llm=str(llm_dir)))                 # the exported LLM holds the last checkpoint's weights
+    ck = load_checkpoint(latest_checkpoint(rd / "train") / "model.safetensors")[0]
+    sd = llm.state_dict()
+    assert llm.config.num_hidden_layers == 1 and {"llm." + k for k in sd} == set(ck)
+    assert all(torch.equal(v, ck["llm." + k]) for k, v in sd.items())
     page = (t / "reports_w" / "llm_warmup.html").read_text()
     assert "data:image/png;base64," in page and "Mistral-7B-Instruct" in page
     rep3 = run_notebook("stage3", _stage3_params(t, rep2, seeds="0", max_eval_items=2, random_init_control=False, llm=str(llm_dir)),

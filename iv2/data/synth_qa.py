@@ -69,7 +69,7 @@ def t_moving_count(s, rng):
     return ("How many objects move in the video?", _options(rng, str(n), [str(i) for i in range(5)]), str(n))
 
 def t_object_existence(s, rng):
-    there = {(o["colour"], o["shape"]) for o in s["objects"]}
+    there = {(o["colour"], o["shape"]) for o in s["objects"]} | {(o["colour2"], o["shape"]) for o in s["objects"] if o.get("colour2")}   # a colour change shows both
     if rng.random() < 0.5: c, sh = sorted(there)[int(rng.integers(len(there)))]; ans = "yes"
     else:
         absent = [(c, sh) for c in COLOURS for sh in SHAPES if (c, sh) not in there]
@@ -196,9 +196,10 @@ def script_text(s: dict) -> str:
     return " ".join(parts)
 
 def text_instruction_data(records: Sequence[ClipRecord], split: str | None = "train", root: str | os.PathLike = ".", seed: int = 0,
-                          option_orders: int = 8, caption_kind: str = "V") -> list[dict]:
-    """Per `split` clip `{"text": script_text(script), "video": path, "QA": [...]}`: its caption and open turns, and each
-    multiple-choice question under `option_orders` draws of options and order (seeds `seed` ... `seed + option_orders - 1`)."""
+                          option_orders: int = 8) -> list[dict]:
+    """Per `split` clip `{"text": script_text(script), "video": path, "QA": [...]}`: its open turns, and each multiple-choice
+    question under `option_orders` draws of options and order (seeds `seed` ... `seed + option_orders - 1`). No caption
+    turn: a caption names what the text does not say (sizes, walls, transitions), and would teach the LLM to make it up."""
     if option_orders < 1: raise ValueError(f"option_orders: must be >= 1, got {option_orders}")
     mc: dict[str, list[dict]] = {}
     for k in range(option_orders):
@@ -206,9 +207,7 @@ def text_instruction_data(records: Sequence[ClipRecord], split: str | None = "tr
             mc.setdefault(it.meta["clip"], []).append({"i": MVBENCH_SYSTEM.strip(), "q": mc_question(it.question, it.candidates), "a": it.gt})
     out = []
     for r, s in _scripted(records, split):
-        cap = r.caption(caption_kind)
-        qa = ([{"i": "Describe the video briefly.", "q": "", "a": cap}] if cap else [])
-        qa += [{"i": "Answer the question about the video in a few words.", "q": q, "a": f(s)} for q, f in _OPEN]
+        qa = [{"i": "Answer the question about the video in a few words.", "q": q, "a": f(s)} for q, f in _OPEN]
         out.append({"text": script_text(s), "video": str(r.path(root)), "QA": qa + mc.get(r.id, [])})
     return out
 

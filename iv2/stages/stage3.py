@@ -570,8 +570,9 @@ def load_text_lm(train_dir: str | os.PathLike, step: int | None = None) -> TextL
     if not (d / "config.yaml").exists(): raise FileNotFoundError(f"{d}: not a training folder (no config.yaml)")
     ck = latest_checkpoint(d) if step is None else next((p for p in (d / "ckpt").glob("step_*") if int(p.name.split("_")[1]) == step), None)
     if ck is None: raise FileNotFoundError(f"{d}: has no checkpoint{'' if step is None else f' of step {step}'} under ckpt/")
-    args = {k: v for k, v in EngineConfig.from_yaml(d / "config.yaml").stage_args.items() if k not in ("data", "preset")}
-    m = TextLM(Stage3Config.from_dict(args, f"{d}/config.yaml stage_args"))
+    args = {k: v for k, v in EngineConfig.from_yaml(d / "config.yaml").stage_args.items() if k != "data"}
+    preset = args.pop("preset", None)                                        # as llm_warmup() built it
+    m = TextLM(Stage3Config.preset(preset, **args) if preset else Stage3Config.from_dict(args, f"{d}/config.yaml stage_args"))
     m.load_state_dict(load_checkpoint(ck / "model.safetensors")[0])
     return m.eval()
 
