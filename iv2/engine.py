@@ -17,7 +17,7 @@ from .config import Config, ConfigError, atomic_write_text, cache_dir, rng_for, 
 __all__ = ['NO_DECAY_NAMES', 'LAUNCHERS', 'EngineConfig', 'peak_lr', 'lr_at', 'ds_config', 'scale_out_config', 'Stage',
            'default_param_groups', 'StageBase', 'shard_indices', 'loader_batches', 'clip_batches', 'ToyModel',
            'ToyStage', 'toy_stage', 'RunExistsError', 'latest_checkpoint', 'training_folder', 'read_training_folder',
-           'free_port', 'yaml_load', 'train', 'load_stage', 'main', 'deepspeed_launcher', 'launch']
+           'free_port', 'yaml_load', 'train', 'load_stage', 'main', 'deepspeed_launcher', 'shm_buffers', 'launch']
 
 # %% ../nbs/30_engine.ipynb #da6648ce
 @dataclass
@@ -548,12 +548,18 @@ def deepspeed_launcher() -> str | None:
     "Path of the `deepspeed` launcher: beside this Python first, then on PATH; None when not installed."
     return shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
 
-def _launcher_cmd(nprocs: int, hostfile: str | None, cuda: bool) -> list[str]:
+def _launcher_cmd(nprocs: int, hostfile: str | None, cuda: bool, port: int) -> list[str]:
     ds = deepspeed_launcher()
     if ds is None: raise RuntimeError("launcher='deepspeed': the `deepspeed` launcher is not on PATH "
                                       "(install it with `DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed`)")
     return [ds, *(["--hostfile", str(hostfile)] if hostfile else []),
-            "--num_gpus" if cuda else "--num_accelerators", str(nprocs), "--master_port", str(free_port())]
+            "--num_gpus" if cuda else "--num_accelerators", str(nprocs), "--master_port", str(port)]
+
+def shm_buffers(port: int, root: str | os.PathLike = "/dev/shm") -> list[Path]:
+    """The shared-memory all-reduce buffers DeepSpeed's CPU backend made for a launch on `port`
+    (`deepspeed_allreduce_buffer_<group>_<addr>_<port>_<rank>`, 66 MB a rank). DeepSpeed does not remove them; left
+    behind, every CPU launch keeps 130 MB of RAM-backed tmpfs until the machine restarts."""
+    return sorted(Path(root).glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 def launch(stage_spec: str, cfg: EngineConfig, run_name: str, runs_root: str | os.PathLike | None = None,
            nprocs: int = 1, launcher: str = "inprocess", hostfile: str | None = None, progress: bool = True) -> dict:
@@ -574,11 +580,14 @@ def launch(stage_spec: str, cfg: EngineConfig, run_name: str, runs_root: str | o
     env = {**_deepspeed_env_defaults(), **os.environ}
     if not cuda: env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"): env.pop(k, None)   # the launcher sets them
-    cmd = _launcher_cmd(nprocs, hostfile, cuda) + ["--module", "iv2.engine", "--stage", stage_spec, "--config", str(cfg_path),
-                                                   "--run-name", run_name, "--runs-root", str(run_dir.parent), "--no-progress"]
+    port = free_port()
+    cmd = _launcher_cmd(nprocs, hostfile, cuda, port) + ["--module", "iv2.engine", "--stage", stage_spec, "--config", str(cfg_path),
+                                                         "--run-name", run_name, "--runs-root", str(run_dir.parent), "--no-progress"]
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n"); log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        try: rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        finally:
+            for p in shm_buffers(port): p.unlink(missing_ok=True)          # the ranks have exited: nothing maps them any more
     if rc != 0 or not (run_dir / "done.json").exists():
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"deepspeed launch of {stage_spec} failed (exit {rc}); log {log_path}:\n{tail}")

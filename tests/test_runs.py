@@ -211,7 +211,11 @@ def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage
     assert env["world_size"] == 2 and env["global_batch"] == 4
     ds = json.loads((seed_dir / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["train_batch_size"] == 4
-    assert "--num_accelerators 2" in (seed_dir / "launch.log").read_text()
+    log = (seed_dir / "launch.log").read_text()
+    assert "--num_accelerators 2" in log
+    from iv2.engine import shm_buffers                              # the CPU ranks' shared-memory buffers are gone with them
+    port = int(re.search(r"--master_port (\d+)", log).group(1))
+    assert shm_buffers(port) == []
     assert rep["scale"]["launcher"].startswith("deepspeed launcher, 2 process(es)")
     assert 0.0 <= rep["metrics"]["linear_probe_acc"] <= 1.0
     from iv2.checkpoints import read_state_dict
