@@ -19,10 +19,10 @@ from ..data.media import IMAGENET_MEAN, IMAGENET_STD, normalize, resize, to_tens
 # %% auto #0
 __all__ = ['LLM_TRAIN', 'TRAIN_TURNS', 'VIDEO_TOKEN', 'CHAT_TOKENS', 'Stage3Config', 'build_llm', 'VideoQFormer', 'prompt_text',
            'token_batch', 'answer_loss', 'Stage3Model', 'hd_grid', 'hd_tiles', 'hd_cache_short', 'hd_transform',
-           'stage3_state_dict', 'is_multiple_choice', 'sample_prompt', 'conversation', 'instruction_records',
-           'turns_of_kind', 'shuffled_turns', 'InstructionDataset', 'Stage3Stage', 'stage3', 'load_stage3_run',
-           'mcqa_answer_fn', 'text_prompt', 'TextLM', 'TextTurns', 'TextWarmupStage', 'llm_warmup', 'load_text_lm',
-           'export_llm', 'text_mc_answers']
+           'stage3_state_dict', 'is_multiple_choice', 'sample_prompt', 'conversation', 'qa_items',
+           'instruction_records', 'turns_of_kind', 'shuffled_turns', 'InstructionDataset', 'Stage3Stage', 'stage3',
+           'load_stage3_run', 'mcqa_answer_fn', 'text_prompt', 'TextLM', 'TextTurns', 'TextWarmupStage', 'llm_warmup',
+           'load_text_lm', 'export_llm', 'text_mc_answers']
 
 # %% ../../nbs/34_stage3.ipynb #2f5cd957
 LLM_TRAIN = ("full", "lora", "frozen")
@@ -350,19 +350,25 @@ def conversation(turns: Sequence[dict], n_video: int) -> tuple[list[tuple[str, s
     made = [sample_prompt(qa, n_video if k == 0 else 0) for k, qa in enumerate(turns)]
     return [(p, t) for p, t, _ in made], made[0][2]
 
-def instruction_records(data) -> list:
-    """The `ClipRecord`s of VideoChat2 instruction data (a JSON file or a list of `{"video", "QA", ["start", "end"]}`):
-    id `ins<k>`, the video and window, and in `meta` the QA turns and `index` k (so `write_shards` packs them with the video)."""
+def qa_items(data, has_clip, need: str, what: str) -> list[dict]:
+    """The items of QA data (a JSON file or a list), checked: each a dict for which `has_clip(item)` holds (else an error
+    saying it `need`s that) with a non-empty `QA` list of turns that each have an answer `a`; errors name the file and item."""
     import json
-    from iv2.data.manifest import ClipRecord
-    where = str(data) if isinstance(data, (str, os.PathLike)) else "instruction data"
+    where = str(data) if isinstance(data, (str, os.PathLike)) else what
     items = json.loads(Path(data).read_text()) if isinstance(data, (str, os.PathLike)) else list(data)
     for k, it in enumerate(items):
-        if not isinstance(it, dict) or "video" not in it or not it.get("QA"):
-            raise ValueError(f"{where} item {k}: needs 'video' and a non-empty 'QA' list")
+        if not isinstance(it, dict) or not has_clip(it) or not it.get("QA"):
+            raise ValueError(f"{where} item {k}: needs {need} and a non-empty 'QA' list")
         for t, qa in enumerate(it["QA"]):
             if not isinstance(qa, dict) or not isinstance(qa.get("a"), str) or not qa["a"]:
                 raise ValueError(f"{where} item {k} QA {t}: needs an answer 'a' (text)")
+    return items
+
+def instruction_records(data) -> list:
+    """The `ClipRecord`s of VideoChat2 instruction data (a JSON file or a list of `{"video", "QA", ["start", "end"]}`):
+    id `ins<k>`, the video and window, and in `meta` the QA turns and `index` k (so `write_shards` packs them with the video)."""
+    from iv2.data.manifest import ClipRecord
+    items = qa_items(data, lambda it: "video" in it, "'video'", "instruction data")
     return [ClipRecord(id=f"ins{k:06d}", video=str(it["video"]), start=it.get("start"), end=it.get("end"),
                        meta={"QA": it["QA"], "index": k}) for k, it in enumerate(items)]
 
@@ -514,22 +520,10 @@ class TextLM(nn.Module):
             outs.append(tok.decode(g[0, ids.shape[1]:], skip_special_tokens=True))
         return outs
 
-def _text_records(data) -> list[dict]:
-    import json
-    where = str(data) if isinstance(data, (str, os.PathLike)) else "text instruction data"
-    items = json.loads(Path(data).read_text()) if isinstance(data, (str, os.PathLike)) else list(data)
-    for k, it in enumerate(items):
-        if not isinstance(it, dict) or not isinstance(it.get("text"), str) or not it.get("QA"):
-            raise ValueError(f"{where} item {k}: needs a 'text' (the clip written out) and a non-empty 'QA' list")
-        for t, qa in enumerate(it["QA"]):
-            if not isinstance(qa, dict) or not isinstance(qa.get("a"), str) or not qa["a"]:
-                raise ValueError(f"{where} item {k} QA {t}: needs an answer 'a' (text)")
-    return items
-
 class TextTurns(torch.utils.data.Dataset):
     "Every QA turn of `text_instruction_data` records as one sample `{id, prompt, answer}` (`text_prompt`)."
     def __init__(self, data):
-        self.items = _text_records(data)
+        self.items = qa_items(data, lambda it: isinstance(it.get("text"), str), "a 'text' (the clip written out)", "text instruction data")
         self.turns = [(k, t) for k, it in enumerate(self.items) for t in range(len(it["QA"]))]
     def __len__(self) -> int: return len(self.turns)
     def __getitem__(self, i: int) -> dict:
