@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, importlib, json, math, os, random, resource, shutil, socket, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
@@ -257,16 +257,18 @@ def training_folder(path: str | os.PathLike, seed: int | None = None) -> Path:
                                          f"ckpt/step_*/model.safetensors, or a run folder holding one)")
     raise ValueError(f"{p} holds {len(subs)} training folders ({', '.join(d.name for d in subs)}); name one of them")
 
-def read_training_folder(train_dir: str | os.PathLike, config_cls: type) -> tuple[Any, dict[str, torch.Tensor]]:
+def read_training_folder(train_dir: str | os.PathLike, config_cls: type, step: int | None = None,
+                         drop: Sequence[str] = ()) -> tuple[Any, dict[str, torch.Tensor]]:
     """(config, weights) of a finished or interrupted training folder: its config.yaml `stage_args` read as `config_cls`
-    (errors name the file and field), and the state dict of its newest checkpoint."""
+    (the keys in `drop`, factory arguments that are not config fields, left out; errors name the file and field), and
+    the state dict of the checkpoint of `step` (default: the newest)."""
     from iv2.checkpoints import load_checkpoint
     d = Path(train_dir)
     if not (d / "config.yaml").exists(): raise FileNotFoundError(f"{d}: not a training folder (no config.yaml)")
-    ck = latest_checkpoint(d)
-    if ck is None: raise FileNotFoundError(f"{d}: has no checkpoint under ckpt/")
-    cfg = config_cls.from_dict(EngineConfig.from_yaml(d / "config.yaml").stage_args, f"{d}/config.yaml stage_args")
-    return cfg, load_checkpoint(ck / "model.safetensors")[0]
+    ck = latest_checkpoint(d) if step is None else next((p for p in _step_dirs(d / "ckpt") if int(p.name.split("_")[1]) == step), None)
+    if ck is None: raise FileNotFoundError(f"{d}: has no checkpoint{'' if step is None else f' of step {step}'} under ckpt/")
+    args = {k: v for k, v in EngineConfig.from_yaml(d / "config.yaml").stage_args.items() if k not in drop}
+    return config_cls.from_dict(args, f"{d}/config.yaml stage_args"), load_checkpoint(ck / "model.safetensors")[0]
 
 def free_port() -> int:
     "A free TCP port on 127.0.0.1 (for the rendezvous of a local DeepSpeed run)."

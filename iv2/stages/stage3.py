@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..config import Config, ConfigError
+from ..engine import StageBase, clip_batches, latest_checkpoint, loader_batches, read_training_folder
 from ..encoders.vit import VisionConfig, VisionTransformer, interpolate_pos_embed
 from ..encoders.text import MINILM, load_tokenizer
 from ..data.media import IMAGENET_MEAN, IMAGENET_STD, normalize, resize, to_tensor
@@ -313,7 +314,6 @@ def stage3_state_dict(train_dir: str | os.PathLike, lora_alpha: float | None = N
     """The model weights of a stage-3 training folder's newest checkpoint. A LoRA run's adapters are merged into plain
     LLM weights, `W + (alpha / r) B A` (r from the adapters' shape; alpha: `lora_alpha`, else the run's config.yaml
     `stage_args`), unless `merge_lora=False`."""
-    from iv2.engine import latest_checkpoint
     from iv2.checkpoints import load_checkpoint
     ck = latest_checkpoint(train_dir)
     if ck is None: raise FileNotFoundError(f"{train_dir}: has no checkpoint under ckpt/ (a stage-3 training folder?)")
@@ -415,7 +415,7 @@ class InstructionDataset(torch.utils.data.Dataset):
         turns = shuffled_turns(self.qa[j], self.seed, self.epoch, self.index[j], self.max_turns, self.kinds)   # by the record's own index
         return {"video": v["video"], "id": v["id"], "turns": turns, "skipped": v["skipped"]}
 
-class Stage3Stage:
+class Stage3Stage(StageBase):
     """Stage 3 for `iv2.engine.train`: `Stage3Model`, its trainable parameters, the answer loss, instruction batches from
     `data` (with the videos under `video_root`) or, when `shards` is set, from tar shards of `instruction_records(data)`."""
     def __init__(self, cfg: Stage3Config, data, video_root: str | os.PathLike = ".", backend: str = "decord", num_workers: int = 0,
@@ -425,10 +425,6 @@ class Stage3Stage:
 
     def build_model(self, cfg=None) -> Stage3Model: return Stage3Model(self.cfg)
 
-    def param_groups(self, model: nn.Module, cfg) -> list[dict]:
-        from iv2.engine import default_param_groups
-        return default_param_groups(model, cfg)                # frozen parts (requires_grad False) are left out
-
     def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         m = model.module if hasattr(model, "module") else model
         v = batch["video"]
@@ -437,7 +433,6 @@ class Stage3Stage:
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0):
         "The rank's micro-batches `{video, id, turns, ...}`: whole tar shards per rank when `shards` is set, else the instruction data."
-        from iv2.engine import clip_batches
         c = self.cfg
         make = lambda s: InstructionDataset(self.data, self.video_root, c.num_frames, c.size, s, self.backend,
                                             max_turns=c.max_turns, hd_max_tiles=c.hd_max_tiles, kinds=c.train_turns)
@@ -531,7 +526,7 @@ class TextTurns(torch.utils.data.Dataset):
         p, a = text_prompt(self.items[k]["QA"][t], self.items[k]["text"])
         return {"id": f"txt{k:06d}-{t}", "prompt": p, "answer": a}
 
-class TextWarmupStage:
+class TextWarmupStage(StageBase):
     "The text warm-up for `iv2.engine.train`: `TextLM`, all its weights, the answer loss, random turns of `data`."
     def __init__(self, cfg: Stage3Config, data):
         self.cfg, self.data = cfg.validate(), data
@@ -539,35 +534,21 @@ class TextWarmupStage:
 
     def build_model(self, cfg=None) -> TextLM: return TextLM(self.cfg)
 
-    def param_groups(self, model: nn.Module, cfg) -> list[dict]:
-        from iv2.engine import default_param_groups
-        return default_param_groups(model, cfg)
-
     def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]: return {"loss": model(batch["prompt"], batch["answer"])}
 
     def batches(self, rank: int, world_size: int, epoch: int, seed: int, micro_batch: int, start: int = 0):
-        from iv2.engine import loader_batches
         yield from loader_batches(self.turns, rank, world_size, epoch, seed, micro_batch, start, "llm_warmup")
 
-def llm_warmup(data: str = "", preset: str | None = None, **cfg_args) -> TextWarmupStage:
+def llm_warmup(data: str = "", **cfg_args) -> TextWarmupStage:
     """Factory for `iv2.engine.launch('iv2.stages.stage3:llm_warmup', ...)`: `stage_args` are `data` (a JSON file of
     `text_instruction_data`) and the `Stage3Config` fields of the LLM (`llm`, `llm_width`, `llm_layers`, ...)."""
     if not data: raise ValueError("llm_warmup: 'data' (a JSON file of text_instruction_data records) is required")
-    cfg = Stage3Config.preset(preset, **cfg_args) if preset else Stage3Config.from_dict(cfg_args)
-    return TextWarmupStage(cfg, data)
+    return TextWarmupStage(Stage3Config.from_dict(cfg_args, "llm_warmup stage_args"), data)
 
 def load_text_lm(train_dir: str | os.PathLike, step: int | None = None) -> TextLM:
     "The `TextLM` of a text warm-up training folder (its config.yaml; the checkpoint of `step`, else the newest), in eval mode."
-    from iv2.engine import EngineConfig, latest_checkpoint
-    from iv2.checkpoints import load_checkpoint
-    d = Path(train_dir)
-    if not (d / "config.yaml").exists(): raise FileNotFoundError(f"{d}: not a training folder (no config.yaml)")
-    ck = latest_checkpoint(d) if step is None else next((p for p in (d / "ckpt").glob("step_*") if int(p.name.split("_")[1]) == step), None)
-    if ck is None: raise FileNotFoundError(f"{d}: has no checkpoint{'' if step is None else f' of step {step}'} under ckpt/")
-    args = {k: v for k, v in EngineConfig.from_yaml(d / "config.yaml").stage_args.items() if k != "data"}
-    preset = args.pop("preset", None)                                        # as llm_warmup() built it
-    m = TextLM(Stage3Config.preset(preset, **args) if preset else Stage3Config.from_dict(args, f"{d}/config.yaml stage_args"))
-    m.load_state_dict(load_checkpoint(ck / "model.safetensors")[0])
+    cfg, sd = read_training_folder(train_dir, Stage3Config, step, drop=("data",))      # `data`: llm_warmup's own argument
+    m = TextLM(cfg); m.load_state_dict(sd)
     return m.eval()
 
 def export_llm(train_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
