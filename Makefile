@@ -121,7 +121,7 @@ reproduce: install  ## PRESET=tiny|small [RESUME=1]: world -> teachers -> stage 
 	$$run ceiling $(W)
 	# the tiny ViT has 4 blocks: features of block -2 (the paper's 7th from the last, of 40 blocks, needs 7 or more);
 	# the encoder of the newest finished stage-2 run (an interrupted one has no run.json)
-	$$run features $(W) -p encoder_dir "$$(dirname "$$(ls -d runs/stage2-*/run.json | tail -n 1)")/stage1-seed0" -p layer -2
+	$$run features $(W) -p encoder_dir stage2 -p layer -2
 	$$run vidcap_shots $(W)
 	$$run vidcap $(W)
 	$$run ablation_teachers -p worlds $(PRESET) -p probe_world $(PRESET) $(ABL_ARGS)

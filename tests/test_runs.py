@@ -640,3 +640,22 @@ def test_every_run_notebook_parameter_parses_under_papermill():
         declared = [m.group(1) for m in re.finditer(r"^([A-Za-z_]\w*)\s*=", src, re.M)]
         parsed = [p.name for p in PythonTranslator.inspect({"source": src})]
         assert declared and parsed == declared, (nb.name, sorted(set(declared) - set(parsed)))
+
+
+def test_features_run_takes_the_newest_stage2_encoder(stage2_run, tmp_path, monkeypatch):
+    """`encoder_dir=stage2`, as `make reproduce` passes it: the newest finished stage-2 run's stage1-seed0 student, looked
+    up in the project's runs/ (here a temporary project, IV2_ROOT, whose runs/ holds the fixture's stage-2 run)."""
+    from pathlib import Path
+    from iv2.config import project_root
+    t, _, rep2 = stage2_run
+    nb = project_root() / "nbs" / "runs" / "features.ipynb"
+    params = {"encoder_dir": "stage2", "manifest": str(t / "world" / "manifest.jsonl"), "layer": -2, "sweep": False, "threads": 1}
+    monkeypatch.setenv("IV2_ROOT", str(tmp_path))
+    with pytest.raises(RunError) as e:                                              # an empty project: named
+        run_notebook(nb, params, runs_root=tmp_path / "runs_x", reports_root=tmp_path / "reports_x", progress=False)
+    assert "no finished 'stage2' run with ['report.json', 'stage1-seed0/config.yaml']" in str(e.value)
+    (tmp_path / "runs").symlink_to(t / "runs_s2")
+    rep = run_notebook(nb, params, runs_root=tmp_path / "runs_f", reports_root=tmp_path / "reports_f", progress=False)
+    out = (Path(rep["run_dir"]) / "features.ipynb").read_text()
+    assert f"encoder: {tmp_path / 'runs' / Path(rep2['run_dir']).name / 'stage1-seed0'}" in out
+    assert rep["metrics"]["videos_with_features"] == 12

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-from ..engine import EngineConfig, StageBase, clip_batches, default_param_groups
+from ..engine import EngineConfig, StageBase, clip_batches
 from ..encoders.vit import VisionConfig, VisionTransformer
 from ..teachers import TeacherConfig, build_teacher
 from ..masking import MaskConfig, make_mask
@@ -159,6 +159,20 @@ class Stage1Model(nn.Module):
             raise ValueError(f"Stage1Model: the {name} teacher has {patches.shape[2]} patches per frame, the student {N}: "
                              f"token grids must match (same img_size and patch_size)")
 
+    def _student(self, video: torch.Tensor, visible: torch.Tensor) -> dict:
+        "The student on video (B, C, 2T, H, W): all 2T frames for tubelet 2, every second frame for tubelet 1."
+        return self.student(video if self.vcfg.tubelet_size == 2 else video[:, :, ::2], visible=visible, return_layers=self.return_layers)
+
+    def _motion_targets(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """The motion teacher's tokens of the aligned layers on video (B, C, 2T, H, W), each (B, T, N, D) on the student's
+        token frames; centred when `centre_momentum` is set (the centre takes the batch in only in training mode)."""
+        lc, T, N = self.loss_cfg, self.vcfg.t_tokens, self.vcfg.tokens_per_frame
+        o = self.teachers["motion"](video, layers=list(range(-len(lc.mae_layers), 0)) or [-1])
+        mae = [align_motion_frames(x, T) for x in o.layers]                    # each (B, T, N', D)
+        self._check_grid("motion", mae[0], T, N)
+        mae = mae[:len(lc.mae_layers)]
+        return self.mae_centre(mae) if lc.centre_momentum else mae
+
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         "video (B, C, 2T, H, W), normalised -> dict(loss, loss_clip, loss_final, loss_mae)."
         vc, lc, cfg = self.vcfg, self.loss_cfg, self.cfg
@@ -174,20 +188,14 @@ class Stage1Model(nn.Module):
             clip = o.layers[:len(lc.clip_layers)]                              # each (B, T, L, D)
             teacher_out.update(clip_layers=self.clip_centre(clip) if lc.centre_momentum else clip, clip_pooled=o.pooled)
             attn = o.attn                                                      # (B, T, N)
-        if cfg.use_motion:
-            o = self.teachers["motion"](video, layers=list(range(-len(lc.mae_layers), 0)) or [-1])
-            mae = [align_motion_frames(x, T) for x in o.layers]                # each (B, T, N', D)
-            self._check_grid("motion", mae[0], T, N)
-            mae = mae[:len(lc.mae_layers)]
-            teacher_out["mae_layers"] = self.mae_centre(mae) if lc.centre_momentum else mae
+        if cfg.use_motion: teacher_out["mae_layers"] = self._motion_targets(video)  # each (B, T, N, D)
         visible = make_mask(cfg.mask, B, T, N, attn=attn, device=video.device)  # (B, T, K)
-        s = self.student(video if vc.tubelet_size == 2 else frames, visible=visible, return_layers=self.return_layers)
+        s = self._student(video, visible)
         if cfg.use_mm: return stage1_losses(s, teacher_out, self.heads, visible, lc)
         # motion_only: the motion term of stage1_losses, without the pooled head
         layers = dict(zip(self.return_layers, s["layers"]))
         idx = visible_index(visible, B, T, N)                                  # (B, T*K)
-        terms = [cosine_distill_loss(self.heads.mae_tokens(j, layers[li], idx),
-                                     gather_visible(align_motion_frames(teacher_out["mae_layers"][j], T, N), visible, has_cls=False))
+        terms = [cosine_distill_loss(self.heads.mae_tokens(j, layers[li], idx), gather_visible(teacher_out["mae_layers"][j], visible, has_cls=False))
                  for j, li in enumerate(lc.resolve(lc.mae_layers, vc.depth))]
         loss_mae = torch.stack(terms).mean()
         zero = loss_mae.new_zeros(())
@@ -200,11 +208,10 @@ class Stage1Model(nn.Module):
         if not self.cfg.use_motion: raise ValueError("Stage1Model.motion_head_tokens: no motion teacher (teachers='mm_only')")
         T, N, B = vc.t_tokens, vc.tokens_per_frame, video.shape[0]
         if visible is None: visible = torch.arange(N, device=video.device).expand(B, T, N)
-        s = self.student(video if vc.tubelet_size == 2 else video[:, :, ::2], visible=visible, return_layers=self.return_layers)
+        s = self._student(video, visible)
         li = lc.resolve(lc.mae_layers, vc.depth)[-1]                               # the last aligned student layer ...
         h = self.heads.mae_tokens(len(lc.mae_layers) - 1, dict(zip(self.return_layers, s["layers"]))[li], visible_index(visible, B, T, N))
-        t = align_motion_frames(self.teachers["motion"](video, layers=[-1]).layers[0], T, N)   # ... against the teacher's last layer
-        if lc.centre_momentum: t = t - self.mae_centre.centre[-1].to(t.dtype)                  # (centred as in training)
+        t = self._motion_targets(video)[-1]                                        # ... against the teacher's last (centred as in training)
         return h, gather_visible(t, visible, has_cls=False)
 
     def train(self, mode: bool = True):
@@ -223,10 +230,6 @@ class Stage1Stage(StageBase):
 
     def build_model(self, cfg: EngineConfig) -> Stage1Model:
         return Stage1Model(self.cfg, activation_checkpointing=cfg.activation_checkpointing)
-
-    def param_groups(self, model: nn.Module, cfg: EngineConfig) -> list[dict]:
-        "The engine's decay / no-decay groups over the student and heads (frozen teachers are skipped)."
-        return default_param_groups(model, cfg)
 
     def losses(self, model: nn.Module, batch: dict | torch.Tensor) -> dict[str, torch.Tensor]:
         "batch['video'] (B, C, 2T, H, W) -> dict(loss, loss_clip, loss_final, loss_mae)."

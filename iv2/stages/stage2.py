@@ -13,14 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, ConfigError, rng_for
-from ..engine import EngineConfig, StageBase, clip_batches, default_param_groups, latest_checkpoint
+from ..engine import EngineConfig, StageBase, clip_batches, latest_checkpoint
 from ..encoders.vit import VisionConfig, VisionTransformer
 from ..encoders.text import TextConfig, load_text_encoder, tokenize
 from ..encoders.audio import AudioConfig, AudioEncoder
 from ..masking import MaskConfig, make_mask
 from ..contrastive import Temperature, vtc_loss, sample_hard_negatives, vtm_pairs, mask_tokens, mlm_loss
 from ..checkpoints import checkpoint_patch, checkpoint_tubelet, load_vision_encoder, read_state_dict
-from ..data.manifest import CAPTION_KINDS, caption_texts, require_manifest
+from ..data.manifest import CAPTION_KINDS, caption_texts, read_manifest, require_manifest
 from ..data.datasets import VideoDataset
 from ..data.media import BACKENDS
 
@@ -357,9 +357,6 @@ class Stage2Stage(StageBase):
     def build_model(self, cfg: EngineConfig | None = None) -> Stage2Model:
         return Stage2Model(self.cfg)
 
-    def param_groups(self, model: nn.Module, cfg: EngineConfig) -> list[dict]:
-        return default_param_groups(model, cfg)
-
     def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         return model(batch)
 
@@ -399,7 +396,7 @@ class Stage2Stage(StageBase):
                 manifest = read_index(c.shards)["source_manifest"]
             else:
                 manifest = require_manifest(c.manifest, "Stage2Config.manifest")
-                recs = VideoDataset(manifest, split=c.split, num_frames=c.num_frames).records
+                recs = [r for r in read_manifest(manifest) if c.split is None or r.split == c.split]
             sc = SpeechCache(c.speech_cache_dir(manifest))
             if rank == 0 or world_size == 1:
                 try: st = sc.build(recs, Path(manifest).parent, model_dir=c.speech, num_tokens=c.speech_tokens, width=c.speech_width)
