@@ -121,7 +121,9 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     """Execute run notebook `nb` (a path, or a name in `nbs/runs/`) with papermill, then render its report. Returns the report JSON.
     The run directory and the report are named `run_name` when given, else after the notebook. With `resume_since` (an
     ISO time), a run of the same name and parameters that finished since then is reused instead (its report re-rendered,
-    `resumed: True` in the returned JSON): see `finished_run`."""
+    `resumed: True` in the returned JSON): see `finished_run`. `runs_root` places this run only: a notebook's defaults that
+    name an upstream run (the newest teachers, stage-1, stage-2 or warm-up run) are looked up in the project's `runs/`, as
+    the ablation grids need for the points they run under their own folder; pass the upstream folders explicitly otherwise."""
     import papermill as pm
     nb = Path(nb)
     if nb.suffix != ".ipynb": nb = runs_notebooks_dir() / f"{nb}.ipynb"
