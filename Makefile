@@ -101,8 +101,9 @@ W := -p world_preset $(PRESET)
 
 # RESUME=1 goes on with the last reproduction of this preset instead of starting a new one: a step whose run finished
 # since that reproduction started (the time is kept in runs/reproduce-<preset>.since), with the same parameters, is
-# reused, not run again; an interrupted step runs again. A reproduction longer than a sitting is done in several, and
-# `iv2 runs --since` (printed at the end) sums the wall times its runs measured.
+# reused, not run again; an interrupted step runs again, except that an interrupted ablation grid goes on in a new run
+# that reuses the points it finished. A reproduction longer than a sitting is done in several, and `iv2 runs --since`
+# (printed at the end) sums the wall times its runs measured.
 reproduce: install  ## PRESET=tiny|small [RESUME=1]: world -> teachers -> stage 1 -> stage 2 -> LLM warm-up -> stage 3 -> evaluations -> VidCap -> ablations -> reports/
 	since_file=runs/reproduce-$(PRESET).since
 	if [ -z "$(RESUME)" ] || [ ! -s "$$since_file" ]; then mkdir -p runs; date +%Y-%m-%dT%H:%M:%S > "$$since_file"; fi

@@ -5,6 +5,7 @@
 # %% ../nbs/70_cli.ipynb #dd26f14e
 from __future__ import annotations
 import argparse, sys
+from pathlib import Path
 from .reports import (RenderError, RunError, build_index, finished_runs, newest_runs, parse_param, render_all,
                          render_report, run_notebook)
 
@@ -16,6 +17,8 @@ def _cmd_run(a):
     params = {k: parse_param(v) for k, v in (a.param or [])}
     rep = run_notebook(a.notebook, params, run_name=a.run_name, progress=not a.quiet, resume_since=a.resume_since)
     if rep.get("resumed"): print(f"finished since {a.resume_since}, not run again: {rep['run_dir']} (started {rep['started']})")
+    elif rep.get("resumes"): print(f"went on from the interrupted run {rep['resumes']}: its finished points were reused "
+                                   f"({rep.get('reused_wall_time_s', 0)} s of their own wall time)")
     print(f"report: reports/{rep['report_html']}  run: {rep['run_dir']}  wall time: {rep['wall_time_s']} s")
     for k, v in rep.get("metrics", {}).items(): print(f"  {k}: {v}")
 
@@ -28,9 +31,12 @@ def _cmd_report(a):
 def _cmd_runs(a):
     runs = finished_runs(since=a.since)
     shown = list(newest_runs(runs).values())
-    wall = lambda ms: sum(float(m.get("wall_time_s") or 0) for m in ms)
+    # a grid that went on from an interrupted run of itself adds its reused points' own wall time (`reused_wall_time_s`)
+    own = lambda m: float(m.get("wall_time_s") or 0) + float(m.get("reused_wall_time_s") or 0)
+    wall = lambda ms: sum(own(m) for m in ms)
     for m in runs:
-        print(f"{'*' if m in shown else ' '} {m['started']}  {float(m.get('wall_time_s') or 0):9.1f} s  {m['name']}  {m['run_dir']}")
+        reused = f"  (with {float(m['reused_wall_time_s']):.1f} s of points reused from {Path(m['resumes']).name})" if m.get("reused_wall_time_s") else ""
+        print(f"{'*' if m in shown else ' '} {m['started']}  {own(m):9.1f} s  {m['name']}  {m['run_dir']}{reused}")
     since = f" since {a.since}" if a.since else ""
     print(f"{len(runs)} finished runs{since}: {wall(runs):.0f} s of wall time in all ({wall(runs) / 3600:.2f} h, the sum of the runs' own times)")
     print(f"* the newest run of each of the {len(shown)} report names (what `iv2 report --all` renders): {wall(shown):.0f} s "

@@ -13,8 +13,8 @@ from .config import atomic_write_text, project_root, runs_dir, reports_dir
 # %% auto #0
 __all__ = ['PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError',
            'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'papermill_command',
-           'render_report', 'report_set', 'build_index', 'finished_runs', 'finished_run', 'newest_runs', 'RenderError',
-           'render_all']
+           'render_report', 'report_set', 'build_index', 'finished_runs', 'finished_run', 'newest_runs',
+           'interrupted_run', 'grid_point', 'RenderError', 'render_all']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -121,7 +121,8 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     """Execute run notebook `nb` (a path, or a name in `nbs/runs/`) with papermill, then render its report. Returns the report JSON.
     The run directory and the report are named `run_name` when given, else after the notebook. With `resume_since` (an
     ISO time), a run of the same name and parameters that finished since then is reused instead (its report re-rendered,
-    `resumed: True` in the returned JSON): see `finished_run`. `runs_root` places this run only: a notebook's defaults that
+    `resumed: True` in the returned JSON): see `finished_run`; when none did and the notebook has a `resume_dir` parameter,
+    the newest interrupted run of the same name and parameters since then is passed as `resume_dir` (see `grid_point`). `runs_root` places this run only: a notebook's defaults that
     name an upstream run (the newest teachers, stage-1, stage-2 or warm-up run) are looked up in the project's `runs/`, as
     the ablation grids need for the points they run under their own folder; pass the upstream folders explicitly otherwise."""
     import papermill as pm
@@ -130,15 +131,23 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     if not nb.exists(): raise FileNotFoundError(f"run notebook not found: {nb} (run notebooks: {sorted(p.stem for p in runs_notebooks_dir().glob('*.ipynb'))})")
     name = nb.stem
     params = dict(params or {})
-    if resume_since is not None and (done := finished_run(run_name or name, params, resume_since, runs_root)) is not None:
-        return {**render_report(done, reports_root), "resumed": True}
+    prev = None
+    if resume_since is not None:
+        if (done := finished_run(run_name or name, params, resume_since, runs_root)) is not None:
+            return {**render_report(done, reports_root), "resumed": True}
+        # a notebook with a `resume_dir` parameter (the ablation grids) goes on from an interrupted run of itself
+        if "resume_dir" not in params and "resume_dir" in pm.inspect_notebook(str(nb)):
+            prev = interrupted_run(run_name or name, params, resume_since, runs_root)
     run_dir = new_run_dir(run_name or name, runs_root)
     out_nb = run_dir / nb.name
-    # the run's own environment (commit, hardware, versions), recorded when it starts: a later re-render reads this
-    atomic_write_text(run_dir / "env.json", json.dumps(run_info(), indent=1, sort_keys=True))
     t0, started = time.time(), _dt.datetime.now().isoformat(timespec="seconds")
+    # the run's own environment (commit, hardware, versions), recorded when it starts: a later re-render reads this;
+    # start.json names the run and its parameters, so that a later run can find it if this one is interrupted
+    atomic_write_text(run_dir / "env.json", json.dumps(run_info(), indent=1, sort_keys=True))
+    atomic_write_text(run_dir / "start.json", json.dumps(_jsonable({"name": run_name or name, "params": params, "started": started,
+                                                                     "resumes": str(prev) if prev else None}), indent=1, sort_keys=True))
     try:
-        pm.execute_notebook(str(nb), str(out_nb), parameters={**params, "run_dir": str(run_dir)},
+        pm.execute_notebook(str(nb), str(out_nb), parameters={**params, **({"resume_dir": str(prev)} if prev else {}), "run_dir": str(run_dir)},
                             cwd=str(project_root()), kernel_name="python3", progress_bar=progress, log_output=False)
     except pm.PapermillExecutionError as e:
         raise RunError(f"{name}: {e.ename}: {e.evalue}\n(executed notebook with the traceback: {out_nb})") from None
@@ -147,6 +156,11 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     meta = {"name": run_name or name, "notebook": str(nb.relative_to(project_root())) if nb.is_relative_to(project_root()) else str(nb),
             "params": params, "run_dir": str(run_dir), "started": started, "wall_time_s": round(wall, 2),
             "command": reproduce_command(name, params) + (f" --run-name {shlex.quote(run_name)}" if run_name else "")}
+    if prev: meta["resumes"] = str(prev)
+    # the own wall time of the grid points this run reused from `prev` (`grid_point` records them): `iv2 runs` adds it
+    rec_p = run_dir / "report.json"
+    if rec_p.exists() and (reused := json.loads(rec_p.read_text()).get("reused")):
+        meta["reused_wall_time_s"] = round(sum(float(v) for v in reused.values()), 2)
     atomic_write_text(run_dir / "run.json", json.dumps(meta, indent=1, sort_keys=True))
     return render_report(run_dir, reports_root)
 
@@ -303,6 +317,40 @@ def newest_runs(runs: Sequence[dict]) -> dict[str, dict]:
         if not m.get("name"): raise ValueError(f"{m['run_dir']}/run.json: field 'name' is missing")
         out[m["name"]] = m                                                  # a later (newer) run of the name replaces it
     return out
+
+# %% ../nbs/60_reports.ipynb #5fbb395a
+def interrupted_run(name: str, params: dict | None = None, since: str | None = None,
+                    runs_root: str | os.PathLike | None = None) -> Path | None:
+    """The newest run of report `name` with exactly `params`, started at or after `since`, that did not finish (it has
+    `start.json` but no `run.json`), or None."""
+    root = Path(runs_root) if runs_root is not None else runs_dir()
+    since = _iso(since, "since") if since is not None else None
+    want = json.loads(json.dumps(_jsonable(dict(params or {}))))
+    hits = []
+    for p in root.glob("*/start.json"):
+        if (p.parent / "run.json").exists(): continue
+        try: m = json.loads(p.read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
+        if m.get("name") == name and m.get("params") == want and (since is None or str(m.get("started") or "") >= since):
+            hits.append((str(m.get("started") or ""), p.parent.name, p.parent))
+    return max(hits)[2] if hits else None
+
+def grid_point(nb: str | os.PathLike, params: dict, run_name: str, run_dir: str | os.PathLike, resume_dir: str | os.PathLike = "") -> dict:
+    """Run one point of a grid: notebook `nb` with `params` as `run_name` under `run_dir/points`, its report in
+    `run_dir/point_reports`. With `resume_dir` (an interrupted run of the same grid), a point that finished there, or in
+    the run that one resumed and so on back, with the same name and parameters is reused instead (`resumed: True`; its
+    own wall time is recorded in the grid's `report.json` under `reused`)."""
+    run_dir, d, seen = Path(run_dir), (Path(resume_dir) if resume_dir else None), set()
+    while d is not None and d.resolve() not in seen:
+        seen.add(d.resolve())
+        if not d.is_dir(): raise FileNotFoundError(f"resume_dir: {d} is not a run folder")
+        if (done := finished_run(run_name, params, None, d / "points")) is not None:
+            rep = {**render_report(done, run_dir / "point_reports"), "resumed": True}
+            record(run_dir, reused={str(done): rep.get("wall_time_s") or 0})
+            return rep
+        start_p = d / "start.json"
+        d = Path(r) if start_p.exists() and (r := json.loads(start_p.read_text()).get("resumes")) else None
+    return run_notebook(nb, params, run_name=run_name, runs_root=run_dir / "points", reports_root=run_dir / "point_reports", progress=False)
 
 # %% ../nbs/60_reports.ipynb #b184ec5f
 class RenderError(RuntimeError):

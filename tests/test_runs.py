@@ -243,6 +243,21 @@ def test_table16_grid_runs_every_point_and_cites_the_paper(teachers_and_stage1):
     assert len(list((Path(rep["run_dir"]) / "points").glob("*/seed0/done.json"))) == 4
     page = (t / "reports_grid" / "ablation_teachers.html").read_text()
     assert "Paper reference (InternVideo2, Table 16; not measured here)" in page and "data:image/png;base64," in page
+    # what an interruption during the last point leaves: the grid without run.json, that point without its run.json
+    first = Path(rep["run_dir"])
+    (first / "run.json").unlink()
+    last = sorted((first / "points").glob("both-tiny-n16-*"))[0]
+    (last / "run.json").unlink()
+    since = json.loads((first / "start.json").read_text())["started"]
+    again = run_notebook("ablation_teachers", rep["params"], runs_root=t / "runs_grid", reports_root=t / "reports_grid",
+                         progress=False, resume_since=since)
+    assert again["run_dir"] != str(first) and again["resumes"] == str(first)
+    assert [p["reused"] for p in again["metrics"]["grid"]] == [True, True, True, False]
+    assert [p["linear_probe_acc"] for p in again["metrics"]["grid"][:3]] == [p["linear_probe_acc"] for p in grid[:3]]
+    assert [d.name.split("-2")[0] for d in (Path(again["run_dir"]) / "points").iterdir()] == ["both-tiny-n16"]
+    reused = sum(json.loads(d.read_text())["wall_time_s"] for d in (first / "points").glob("*/run.json"))
+    assert again["reused_wall_time_s"] == round(reused, 2)
+    assert again["scale"]["points reused from an interrupted run"] == f"3 of 4 (from {first.name})"
 
 
 def test_launcher_parameters_are_checked(tmp_path):
