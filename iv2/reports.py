@@ -291,24 +291,32 @@ def _iso(t: str, what: str) -> str:
     try: return _dt.datetime.fromisoformat(str(t)).isoformat(timespec="seconds")
     except ValueError: raise ValueError(f"{what}: expected an ISO time such as 2026-11-28T15:30:00, got {t!r}") from None
 
-def finished_runs(runs_root: str | os.PathLike | None = None, since: str | None = None) -> list[dict]:
-    """The `run.json` of every finished run directly under `runs_root` (a grid's nested points are part of their grid)
-    that started at or after `since` (an ISO time; None: all), oldest first, each with its folder as `run_dir`."""
+def _run_records(runs_root, since, file: str) -> list[dict]:
+    "`file` (run.json or start.json) of every run directly under `runs_root` started at or after `since`, oldest first."
     root = Path(runs_root) if runs_root is not None else runs_dir()
     since = _iso(since, "since") if since is not None else None
     out = []
-    for meta_p in root.glob("*/run.json"):
+    for meta_p in root.glob(f"*/{file}"):
         try: meta = json.loads(meta_p.read_text())
         except json.JSONDecodeError as e: raise ValueError(f"{meta_p}: not valid JSON ({e})") from None
         if since is None or str(meta.get("started") or "") >= since: out.append({**meta, "run_dir": str(meta_p.parent)})
     return sorted(out, key=lambda m: (str(m.get("started") or ""), Path(m["run_dir"]).name))
 
+def _newest_match(records: list[dict], name: str, params: dict | None) -> Path | None:
+    "The folder of the newest record of report `name` with exactly `params` (compared as run.json stores them), or None."
+    want = json.loads(json.dumps(_jsonable(dict(params or {}))))
+    hits = [m for m in records if m.get("name") == name and m.get("params") == want]
+    return Path(hits[-1]["run_dir"]) if hits else None
+
+def finished_runs(runs_root: str | os.PathLike | None = None, since: str | None = None) -> list[dict]:
+    """The `run.json` of every finished run directly under `runs_root` (a grid's nested points are part of their grid)
+    that started at or after `since` (an ISO time; None: all), oldest first, each with its folder as `run_dir`."""
+    return _run_records(runs_root, since, "run.json")
+
 def finished_run(name: str, params: dict | None = None, since: str | None = None,
                  runs_root: str | os.PathLike | None = None) -> Path | None:
     "The newest finished run of report `name` with exactly `params` that started at or after `since`, or None."
-    want = json.loads(json.dumps(_jsonable(dict(params or {}))))      # as run.json stores them
-    hits = [m for m in finished_runs(runs_root, since) if m.get("name") == name and m.get("params") == want]
-    return Path(hits[-1]["run_dir"]) if hits else None
+    return _newest_match(finished_runs(runs_root, since), name, params)
 
 def newest_runs(runs: Sequence[dict]) -> dict[str, dict]:
     "The newest run of each report name among `runs` (`finished_runs`' list, oldest first): the ones `render_all` renders."
@@ -323,17 +331,8 @@ def interrupted_run(name: str, params: dict | None = None, since: str | None = N
                     runs_root: str | os.PathLike | None = None) -> Path | None:
     """The newest run of report `name` with exactly `params`, started at or after `since`, that did not finish (it has
     `start.json` but no `run.json`), or None."""
-    root = Path(runs_root) if runs_root is not None else runs_dir()
-    since = _iso(since, "since") if since is not None else None
-    want = json.loads(json.dumps(_jsonable(dict(params or {}))))
-    hits = []
-    for p in root.glob("*/start.json"):
-        if (p.parent / "run.json").exists(): continue
-        try: m = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
-        if m.get("name") == name and m.get("params") == want and (since is None or str(m.get("started") or "") >= since):
-            hits.append((str(m.get("started") or ""), p.parent.name, p.parent))
-    return max(hits)[2] if hits else None
+    started = [m for m in _run_records(runs_root, since, "start.json") if not (Path(m["run_dir"]) / "run.json").exists()]
+    return _newest_match(started, name, params)
 
 def grid_point(nb: str | os.PathLike, params: dict, run_name: str, run_dir: str | os.PathLike, resume_dir: str | os.PathLike = "") -> dict:
     """Run one point of a grid: notebook `nb` with `params` as `run_name` under `run_dir/points`, its report in
