@@ -138,6 +138,8 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
         # a notebook with a `resume_dir` parameter (the ablation grids) goes on from an interrupted run of itself
         if "resume_dir" not in params and "resume_dir" in pm.inspect_notebook(str(nb)):
             prev = interrupted_run(run_name or name, params, resume_since, runs_root)
+    # the run this one goes on from, found above or given by hand (`-p resume_dir`): recorded, so a later run follows the chain
+    resumes = prev or (Path(params["resume_dir"]) if params.get("resume_dir") else None)
     run_dir = new_run_dir(run_name or name, runs_root)
     out_nb = run_dir / nb.name
     t0, started = time.time(), _dt.datetime.now().isoformat(timespec="seconds")
@@ -145,7 +147,7 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     # start.json names the run and its parameters, so that a later run can find it if this one is interrupted
     atomic_write_text(run_dir / "env.json", json.dumps(run_info(), indent=1, sort_keys=True))
     atomic_write_text(run_dir / "start.json", json.dumps(_jsonable({"name": run_name or name, "params": params, "started": started,
-                                                                     "resumes": str(prev) if prev else None}), indent=1, sort_keys=True))
+                                                                     "resumes": str(resumes) if resumes else None}), indent=1, sort_keys=True))
     try:
         pm.execute_notebook(str(nb), str(out_nb), parameters={**params, **({"resume_dir": str(prev)} if prev else {}), "run_dir": str(run_dir)},
                             cwd=str(project_root()), kernel_name="python3", progress_bar=progress, log_output=False)
@@ -156,8 +158,8 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     meta = {"name": run_name or name, "notebook": str(nb.relative_to(project_root())) if nb.is_relative_to(project_root()) else str(nb),
             "params": params, "run_dir": str(run_dir), "started": started, "wall_time_s": round(wall, 2),
             "command": reproduce_command(name, params) + (f" --run-name {shlex.quote(run_name)}" if run_name else "")}
-    if prev: meta["resumes"] = str(prev)
-    # the own wall time of the grid points this run reused from `prev` (`grid_point` records them): `iv2 runs` adds it
+    if resumes: meta["resumes"] = str(resumes)
+    # the own wall time of the grid points this run reused from `resumes` (`grid_point` records them): `iv2 runs` adds it
     rec_p = run_dir / "report.json"
     if rec_p.exists() and (reused := json.loads(rec_p.read_text()).get("reused")):
         meta["reused_wall_time_s"] = round(sum(float(v) for v in reused.values()), 2)
@@ -338,11 +340,12 @@ def grid_point(nb: str | os.PathLike, params: dict, run_name: str, run_dir: str 
     """Run one point of a grid: notebook `nb` with `params` as `run_name` under `run_dir/points`, its report in
     `run_dir/point_reports`. With `resume_dir` (an interrupted run of the same grid), a point that finished there, or in
     the run that one resumed and so on back, with the same name and parameters is reused instead (`resumed: True`; its
-    own wall time is recorded in the grid's `report.json` under `reused`)."""
+    own wall time is recorded in the grid's `report.json` under `reused`). A run further back that has been deleted
+    since ends the chain: the points only it held run again."""
     run_dir, d, seen = Path(run_dir), (Path(resume_dir) if resume_dir else None), set()
-    while d is not None and d.resolve() not in seen:
+    if d is not None and not d.is_dir(): raise FileNotFoundError(f"resume_dir: {d} is not a run folder")
+    while d is not None and d.is_dir() and d.resolve() not in seen:
         seen.add(d.resolve())
-        if not d.is_dir(): raise FileNotFoundError(f"resume_dir: {d} is not a run folder")
         if (done := finished_run(run_name, params, None, d / "points")) is not None:
             rep = {**render_report(done, run_dir / "point_reports"), "resumed": True}
             record(run_dir, reused={str(done): rep.get("wall_time_s") or 0})

@@ -230,8 +230,7 @@ def mae_reconstruct(model: nn.Module, video: torch.Tensor, ratio: float = 0.9,
         mu = patches.mean(-2, keepdim=True)[m].reshape(B, -1, 1, C)
         sd = patches.var(-2, unbiased=True, keepdim=True).sqrt()[m].reshape(B, -1, 1, C) + 1e-6
         pred = pred * sd + mu
-    else:                                      # targets are the normalised pixels: undo the ImageNet normalisation
-        pred = pred * std.view(1, 1, 1, C) + mean.view(1, 1, 1, C)
+    # else: the targets are the [0, 1] pixels themselves (transformers un-normalises the input to make them)
     recon, masked = patches.clone(), patches.clone()
     recon[m] = pred.reshape(-1, ts * p * p, C); masked[m] = 0.5
     return dict(original=frames.clamp(0, 1), masked=_unpatchify(masked, video.shape, p, ts),
