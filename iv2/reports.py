@@ -11,10 +11,10 @@ import nbformat
 from .config import atomic_write_text, project_root, runs_dir, reports_dir
 
 # %% auto #0
-__all__ = ['PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'git_info', 'hardware_info', 'run_info', 'record', 'RunError',
-           'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook', 'papermill_command',
-           'render_report', 'report_set', 'build_index', 'finished_runs', 'finished_run', 'newest_runs',
-           'interrupted_run', 'grid_point', 'RenderError', 'render_all']
+__all__ = ['UPSTREAM', 'PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'default_upstream', 'git_info', 'hardware_info', 'run_info',
+           'record', 'RunError', 'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook',
+           'papermill_command', 'render_report', 'report_set', 'build_index', 'finished_runs', 'finished_run',
+           'newest_runs', 'interrupted_run', 'grid_point', 'RenderError', 'render_all']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -37,6 +37,22 @@ def latest_run(name: str, root: str | os.PathLike | None = None, need: Sequence[
         if (d / "run.json").exists() and all((d / f).exists() for f in need): return d
     raise FileNotFoundError(f"no finished '{name}' run with {list(need) or 'run.json'} under {root} "
                             f"({len(cands)} '{name}-*' folders looked at): run `iv2 run {name}` first")
+
+# What a run notebook takes when an upstream parameter is left "": (run name, files the run must hold, folder inside it).
+# One table, so that a grid that pins its upstream before its points run (Tables 18 and 19) pins what the point's
+# notebook would have taken, and a change of default is made in one place.
+UPSTREAM = {
+    "stage2_encoder": ("stage2", ("report.json", "stage1-seed0/config.yaml"), "stage1-seed0"),  # stage 2's first seed
+    "llm_warmup": ("llm_warmup", ("llm/config.json", "report.json"), "llm"),  # the text warm-up's exported LLM
+    "shot_detector": ("vidcap_shots", ("shotnet.pt", "shotnet.json"), ""),    # VidCap's learned shot detector
+}
+
+def default_upstream(kind: str, root: str | os.PathLike | None = None) -> Path:
+    "The folder `UPSTREAM[kind]` names in the newest finished run that holds its files (`latest_run`'s error otherwise)."
+    if kind not in UPSTREAM: raise KeyError(f"unknown upstream {kind!r}: one of {sorted(UPSTREAM)}")
+    name, need, sub = UPSTREAM[kind]
+    d = latest_run(name, root, need=need)
+    return d / sub if sub else d
 
 # %% ../nbs/60_reports.ipynb #ee312118
 def git_info(root: str | os.PathLike | None = None) -> dict:
