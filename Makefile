@@ -130,7 +130,7 @@ reproduce: install  ## PRESET=tiny|small [RESUME=1]: world -> teachers -> stage 
 	$$run ablation_stage2 -p table 18 $(W) $(ABL_ARGS) --run-name ablation_stage2_t18
 	$$run ablation_stage3 $(W) $(ABL_ARGS)
 	$(MAKE) bench BENCH_ARGS="--resume-since $$since"
-	$$run throughput
+	$$run throughput $(W)
 	$$run memory_plan
 	$(BIN)/iv2 report --all
 	$(BIN)/iv2 runs --since "$$since"

@@ -83,7 +83,8 @@ def test_inference_and_gpu(run):
         assert m[k] == "not measured", k
 
 
-@pytest.mark.parametrize("bad, name", [({"presets": "tiny,huge"}, "presets"), ({"zero_stages": "1,5"}, "zero_stages")])
+@pytest.mark.parametrize("bad, name", [({"presets": "tiny,huge"}, "presets"), ({"zero_stages": "1,5"}, "zero_stages"),
+                                       ({"world_preset": "huge"}, "world_preset")])
 def test_bad_parameters_named(world, bad, name):
     t, man = world
     with pytest.raises(RunError, match=f"ParameterError.*{name}"):
