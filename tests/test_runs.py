@@ -130,12 +130,12 @@ def test_teachers_and_student_share_a_finer_token_grid(teachers_and_stage1):
     t, _, _ = teachers_and_stage1
     world = str(t / "world")
     rep_t = run_notebook("teachers", {"num_clips": 12, "data_dir": world, "batch_size": 4, "clip_steps": 2, "mae_steps": 2,
-                                      "patch_size": 8, "mae_dim": 48, "mae_heads": 2},
+                                      "patch_size": 8, "mae_dim": 48, "mae_heads": 2, "mae_mask_ratio": 0.75},
                          runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
     from iv2.teachers import load_teacher_model
     _, mm = load_teacher_model(rep_t["metrics"]["clip_teacher"]); _, mo = load_teacher_model(rep_t["metrics"]["videomae_teacher"])
-    assert (mm.patch_size, mo.patch_size, mo.mae_dim, mo.mae_heads, mo.decoder_dim) == (8, 8, 48, 2, 24)
-    assert "patch 8" in rep_t["scale"]["model"] and "VideoMAE 48x3" in rep_t["scale"]["model"]
+    assert (mm.patch_size, mo.patch_size, mo.mae_dim, mo.mae_heads, mo.decoder_dim, mo.mask_ratio) == (8, 8, 48, 2, 24, 0.75)
+    assert "patch 8" in rep_t["scale"]["model"] and "VideoMAE 48x3" in rep_t["scale"]["model"] and "masking 0.75" in rep_t["scale"]["model"]
     rep_s = run_notebook("stage1", {"num_clips": 12, "data_dir": world, "batch_size": 2, "teachers_dir": rep_t["run_dir"],
                                     "steps": 2, "seeds": "0", "probe_batch": 4, "teachers": "motion_only", "mask_kind": "random"},
                          runs_root=t / "runs_p8", reports_root=t / "reports_p8", progress=False)
@@ -146,6 +146,8 @@ def test_teachers_and_student_share_a_finer_token_grid(teachers_and_stage1):
         with pytest.raises(RunError) as e:
             run_notebook("teachers", {"num_clips": 12, "data_dir": world, **bad}, runs_root=t / "runs_bad", reports_root=t / "reports_bad", progress=False)
         assert "parameters patch_size / mae_dim" in str(e.value) and msg in str(e.value)
+    with pytest.raises(RunError, match="mae_mask_ratio"):                           # a ratio VideoMAE cannot train with
+        run_notebook("teachers", {"num_clips": 12, "data_dir": world, "mae_mask_ratio": 0.99}, runs_root=t / "runs_bad", reports_root=t / "reports_bad", progress=False)
     assert not (t / "runs_bad").exists() or not any((t / "runs_bad").glob("teachers-*/clip"))
     # stages 2 and 3 pick the patch size up from the upstream runs (the random-init controls too), as they do the tubelet
     rep2 = run_notebook("stage2", {"num_clips": 12, "data_dir": world, "stage1_dir": rep_s["run_dir"], "steps": 1, "batch_size": 4,
