@@ -147,15 +147,15 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     if not nb.exists(): raise FileNotFoundError(f"run notebook not found: {nb} (run notebooks: {sorted(p.stem for p in runs_notebooks_dir().glob('*.ipynb'))})")
     name = nb.stem
     params = dict(params or {})
-    prev = None
+    # the run this one goes on from (`-p resume_dir` by hand, or an interrupted run found below): recorded in start.json
+    # and run.json, so a later run follows the chain
+    resumes = Path(params["resume_dir"]) if params.get("resume_dir") else None
     if resume_since is not None:
         if (done := finished_run(run_name or name, params, resume_since, runs_root)) is not None:
             return {**render_report(done, reports_root), "resumed": True}
         # a notebook with a `resume_dir` parameter (the ablation grids) goes on from an interrupted run of itself
         if "resume_dir" not in params and "resume_dir" in pm.inspect_notebook(str(nb)):
-            prev = interrupted_run(run_name or name, params, resume_since, runs_root)
-    # the run this one goes on from, found above or given by hand (`-p resume_dir`): recorded, so a later run follows the chain
-    resumes = prev or (Path(params["resume_dir"]) if params.get("resume_dir") else None)
+            resumes = interrupted_run(run_name or name, params, resume_since, runs_root)
     run_dir = new_run_dir(run_name or name, runs_root)
     out_nb = run_dir / nb.name
     t0, started = time.time(), _dt.datetime.now().isoformat(timespec="seconds")
@@ -165,7 +165,7 @@ def run_notebook(nb: str | os.PathLike, params: dict | None = None, run_name: st
     atomic_write_text(run_dir / "start.json", json.dumps(_jsonable({"name": run_name or name, "params": params, "started": started,
                                                                      "resumes": str(resumes) if resumes else None}), indent=1, sort_keys=True))
     try:
-        pm.execute_notebook(str(nb), str(out_nb), parameters={**params, **({"resume_dir": str(prev)} if prev else {}), "run_dir": str(run_dir)},
+        pm.execute_notebook(str(nb), str(out_nb), parameters={**params, **({"resume_dir": str(resumes)} if resumes else {}), "run_dir": str(run_dir)},
                             cwd=str(project_root()), kernel_name="python3", progress_bar=progress, log_output=False)
     except pm.PapermillExecutionError as e:
         raise RunError(f"{name}: {e.ename}: {e.evalue}\n(executed notebook with the traceback: {out_nb})") from None
