@@ -135,6 +135,8 @@ class DistillLossConfig(Config):
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)     # middle (clip), final, motion
     centre_momentum: float = 0.0                              # > 0: targets minus a running per-position mean (`TargetCentre`;
                                                               # an iv2 ablation, not the paper); 0: off, the paper
+    target_scale: bool = False                                # centred targets also divided by a running per-channel std
+                                                              # (needs centre_momentum > 0; an iv2 ablation, not the paper)
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "paper": {},
@@ -151,6 +153,9 @@ class DistillLossConfig(Config):
             raise ConfigError(f"DistillLossConfig.weights: three non-negative weights (clip, final, motion), got {self.weights}")
         if not 0.0 <= self.centre_momentum < 1.0:
             raise ConfigError(f"DistillLossConfig.centre_momentum: 0 (off) or a momentum in (0, 1), got {self.centre_momentum}")
+        if self.target_scale and not self.centre_momentum:
+            raise ConfigError("DistillLossConfig.target_scale: scales the centred targets, so it needs centre_momentum > 0 "
+                              "(its running statistics use that momentum)")
 
     def resolve(self, layers: Sequence[int], depth: int) -> list[int]:
         "Layer indices made non-negative for a student of `depth` blocks."
@@ -212,22 +217,34 @@ def stage1_losses(student_out: dict, teacher_out: dict, heads: DistillHeads, vis
 
 # %% ../nbs/22_losses.ipynb #81bd84c5
 class TargetCentre(nn.Module):
-    "A running per-position mean of `n` distillation targets of shape (B, *shape), subtracted from them (see above)."
-    def __init__(self, n: int, shape: Sequence[int], momentum: float):
+    """A running per-position mean of `n` distillation targets of shape (B, *shape), subtracted from them (see above);
+    with `scale`, the result is also divided by a running per-channel standard deviation."""
+    def __init__(self, n: int, shape: Sequence[int], momentum: float, scale: bool = False, eps: float = 1e-6):
         super().__init__()
         if not 0.0 < momentum < 1.0: raise ValueError(f"TargetCentre: momentum must be in (0, 1), got {momentum}")
-        self.momentum = float(momentum)
+        self.momentum, self.scale, self.eps = float(momentum), bool(scale), float(eps)
         self.register_buffer("centre", torch.zeros(n, *shape))                # (n, *shape), e.g. (n, T, L, D)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))   # 0: the next batch mean starts the average
+        if self.scale: self.register_buffer("var", torch.ones(n, shape[-1]))  # (n, D) per-channel variance (see `update`)
 
     @torch.no_grad()
     def update(self, targets: Sequence[torch.Tensor]):
-        "Fold the batch means of `targets` (each (B, *shape)) into the centre, averaged over ranks."
-        m = torch.stack([t.float().mean(0) for t in targets])                 # (n, *shape)
+        """Fold the batch means of `targets` (each (B, *shape)) into the centre, over all ranks' clips; with `scale`, fold
+        the per-channel variance the same way: each position's variance over the clips of the global batch, averaged over
+        positions. Ranks reduce their sums (and sums of squares), so every rank holds the same statistics."""
+        s = torch.stack([t.double().sum(0) for t in targets])                  # (n, *shape) sums over this rank's clips
+        stats = [s, torch.stack([t.double().pow(2).sum(0) for t in targets])] if self.scale else [s]
+        count = torch.tensor(float(targets[0].shape[0]), dtype=torch.float64, device=s.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(m); m /= torch.distributed.get_world_size()
+            for x in stats + [count]: torch.distributed.all_reduce(x)
+        m = s / count                                                           # (n, *shape) the global batch mean
+        if self.scale:
+            if float(count) < 2: raise ValueError("TargetCentre(scale=True): needs at least 2 clips per step (over all ranks) to measure a variance")
+            v = (stats[1] / count - m * m).clamp_min(0).reshape(len(m), -1, m.shape[-1]).mean(1).float()   # (n, D)
+        m = m.float()
         w = torch.where(self.updates == 0, 1.0, 1.0 - self.momentum)           # the first batch sets the centre; no host sync
         self.centre.lerp_(m, w.to(m.dtype))
+        if self.scale: self.var.lerp_(v, w.to(v.dtype))
         self.updates += 1
 
     def forward(self, targets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -236,4 +253,5 @@ class TargetCentre(nn.Module):
             raise ValueError(f"TargetCentre: expected {len(self.centre)} targets of shape (B, {', '.join(map(str, self.centre.shape[1:]))}), "
                              f"got {[tuple(t.shape) for t in targets]}")
         if self.training: self.update(targets)
-        return [t - self.centre[j].to(t.dtype) for j, t in enumerate(targets)]
+        if not self.scale: return [t - self.centre[j].to(t.dtype) for j, t in enumerate(targets)]
+        return [(t - self.centre[j].to(t.dtype)) * torch.rsqrt(self.var[j] + self.eps).to(t.dtype) for j, t in enumerate(targets)]

@@ -14,7 +14,7 @@ from .config import atomic_write_text, project_root, runs_dir, reports_dir
 __all__ = ['UPSTREAM', 'PIPELINE_ORDER', 'new_run_dir', 'latest_run', 'default_upstream', 'git_info', 'hardware_info', 'run_info',
            'record', 'RunError', 'runs_notebooks_dir', 'parse_param', 'reproduce_command', 'run_notebook',
            'papermill_command', 'render_report', 'report_set', 'build_index', 'finished_runs', 'finished_run',
-           'newest_runs', 'interrupted_run', 'grid_point', 'RenderError', 'render_all']
+           'newest_runs', 'interrupted_run', 'grid_point', 'grid_reuse_scale', 'RenderError', 'render_all']
 
 # %% ../nbs/60_reports.ipynb #5802d833
 def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -305,9 +305,12 @@ def build_index(reports_root: str | os.PathLike | None = None) -> Path:
 
 # %% ../nbs/60_reports.ipynb #999a4733
 def _iso(t: str, what: str) -> str:
-    "`t` as the seconds-precision ISO time `run.json` records; a clear error naming `what` otherwise."
-    try: return _dt.datetime.fromisoformat(str(t)).isoformat(timespec="seconds")
+    """`t` as the seconds-precision ISO time `run.json` records (the machine's local time, no offset; a time with an
+    offset is converted to it, so the two compare as text); a clear error naming `what` otherwise."""
+    try: d = _dt.datetime.fromisoformat(str(t))
     except ValueError: raise ValueError(f"{what}: expected an ISO time such as 2026-11-28T15:30:00, got {t!r}") from None
+    if d.tzinfo is not None: d = d.astimezone().replace(tzinfo=None)            # to local time, as `started` is written
+    return d.isoformat(timespec="seconds")
 
 def _run_records(runs_root, since, file: str) -> list[dict]:
     "`file` (run.json or start.json) of every run directly under `runs_root` started at or after `since`, oldest first."
@@ -369,6 +372,11 @@ def grid_point(nb: str | os.PathLike, params: dict, run_name: str, run_dir: str 
         start_p = d / "start.json"
         d = Path(r) if start_p.exists() and (r := json.loads(start_p.read_text()).get("resumes")) else None
     return run_notebook(nb, params, run_name=run_name, runs_root=run_dir / "points", reports_root=run_dir / "point_reports", progress=False)
+
+def grid_reuse_scale(points: Sequence[dict], resume_dir: str | os.PathLike = "") -> dict:
+    "The scale entry of a grid that went on from an interrupted run: how many of its `points` (each with `reused`) it reused, from where."
+    if not resume_dir: return {}
+    return {"points reused from an interrupted run": f"{sum(bool(p.get('reused')) for p in points)} of {len(points)} (from {Path(resume_dir).name})"}
 
 # %% ../nbs/60_reports.ipynb #b184ec5f
 class RenderError(RuntimeError):

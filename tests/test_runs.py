@@ -108,8 +108,14 @@ def test_teachers_run_writes_teachers_and_reports_their_quality(teachers_and_sta
     for k in ("clip_zero_shot_shape", "clip_zero_shot_colour", "clip_zero_shot_action"):
         assert 0.0 <= m[k] <= 1.0
     assert m["mae_heldout_loss"] > 0 and m["clip_step_time_s"] > 0
+    for n in ("clip", "mae"):                                                        # what the teachers' tokens know of the actions
+        for w in ("", "_random_init"):
+            assert all(0.0 <= m[f"{n}_tokens_{k}_probe{w}"] <= 1.0 for k in ("linear", "attentive"))
+            e, c, s = (m[f"{n}_tokens_action_share_{k}{w}"] for k in ("energy", "centred", "scaled"))
+            assert 0.0 <= e <= c <= 1.0 and 0.0 <= s <= 1.0                        # energy around zero >= variance around the mean
     page = (t / "reports" / "teachers.html").read_text()
-    assert page.count("data:image/png;base64,") >= 3                                 # curves, confusion, reconstructions
+    assert page.count("data:image/png;base64,") >= 4                     # curves, confusion, reconstructions, token probes
+    assert "share of variance" in page
 
 
 def test_stage1_run_reports_probe_means_over_seeds(teachers_and_stage1):
@@ -196,6 +202,9 @@ def test_stage1_bad_parameters_are_named(tmp_path):
     with pytest.raises(RunError) as e:
         run_notebook("stage1", {"centre_momentum": 1.0}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
     assert "parameter 'centre_momentum'" in str(e.value)
+    with pytest.raises(RunError) as e:                                               # scaling needs the centre's statistics
+        run_notebook("stage1", {"target_scale": True}, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", progress=False)
+    assert "parameter 'target_scale'" in str(e.value)
 
 
 def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage1):
@@ -206,7 +215,7 @@ def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage
     t, rep_t, _ = teachers_and_stage1
     rep = run_notebook("stage1", {"num_clips": 12, "data_dir": str(t / "world"), "teachers_dir": rep_t["run_dir"], "steps": 2,
                                   "seeds": "0", "batch_size": 4, "probe_batch": 4, "launcher": "deepspeed", "nprocs": 2,
-                                  "centre_momentum": 0.5},          # the centres' batch means are averaged across the ranks
+                                  "centre_momentum": 0.5, "target_scale": True},  # the centres' batch statistics are averaged across the ranks
                        runs_root=t / "runs_ds", reports_root=t / "reports_ds", progress=False)
     seed_dir = Path(rep["run_dir"]) / "seed0"
     env = json.loads((seed_dir / "env.json").read_text())
@@ -220,12 +229,14 @@ def test_stage1_under_the_deepspeed_launcher_on_two_processes(teachers_and_stage
     assert shm_buffers(port) == []
     assert rep["scale"]["launcher"].startswith("deepspeed launcher, 2 process(es)")
     assert 0.0 <= rep["metrics"]["linear_probe_acc"] <= 1.0
+    import torch
     from iv2.checkpoints import read_state_dict
     from iv2.engine import latest_checkpoint
     sd = read_state_dict(latest_checkpoint(seed_dir) / "model.safetensors")
-    assert rep["scale"]["target_centring"] == "momentum 0.5"
-    for k in ("clip_centre", "mae_centre"):                       # both teachers' targets centred, once per step
+    assert rep["scale"]["target_centring"] == "momentum 0.5, per-channel std scaled"
+    for k in ("clip_centre", "mae_centre"):                       # both teachers' targets centred and scaled, once per step
         assert int(sd[f"{k}.updates"]) == 2 and sd[f"{k}.centre"].abs().sum() > 0
+        assert sd[f"{k}.var"].min() > 0 and not torch.allclose(sd[f"{k}.var"], torch.ones_like(sd[f"{k}.var"]))
 
 
 def test_table16_grid_runs_every_point_and_cites_the_paper(teachers_and_stage1):

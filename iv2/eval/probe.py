@@ -15,8 +15,8 @@ from ..encoders.vit import AttentionPool
 
 # %% auto #0
 __all__ = ['Pooling', 'top_k_accuracy', 'confusion_matrix', 'ProbeResult', 'plot_confusion', 'extract_features', 'extract_tokens',
-           'pixel_features', 'Standardizer', 'linear_probe', 'AttentiveHead', 'train_classifier', 'predict_logits',
-           'attentive_probe']
+           'pixel_features', 'extract_teacher_tokens', 'Standardizer', 'linear_probe', 'AttentiveHead',
+           'train_classifier', 'predict_logits', 'attentive_probe', 'between_class_share']
 
 # %% ../../nbs/40_eval_probe.ipynb #b6b51300
 def _check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels") -> torch.Tensor:
@@ -161,6 +161,17 @@ def pixel_features(loader: Iterable[dict], grid: int = 7, progress: bool = False
     if not xs: raise ValueError("pixel_features: the loader yielded no batches")
     return torch.cat(xs), torch.cat(ys), ids
 
+# %% ../../nbs/40_eval_probe.ipynb #9c84e1d7
+def extract_teacher_tokens(teacher: nn.Module, loader: Iterable[dict], layer: int = -1, frame_step: int = 1,
+                           patches_only: bool = True, device: str | torch.device = "cpu",
+                           progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list]:
+    "A frozen teacher's tokens (M, T', N, D) float32 of block `layer` (prefix kept when `patches_only` is False), labels, ids."
+    if frame_step < 1: raise ValueError(f"frame_step: must be >= 1, got {frame_step}")
+    def fn(x):
+        o = teacher(x[:, :, ::frame_step] if frame_step > 1 else x, layers=[layer])
+        return o.patches(0) if patches_only else o.layers[0]                      # (B, T', N, D) or (B, T', L, D)
+    return _run_encoder(teacher, loader, device, f"teacher tokens[layer {layer}]", progress, fn)
+
 # %% ../../nbs/40_eval_probe.ipynb #6b0753be
 @dataclass
 class Standardizer:
@@ -272,3 +283,32 @@ def attentive_probe(train_tokens: torch.Tensor, train_y: torch.Tensor, test_toke
         train_top1 = top_k_accuracy(predict_logits(model, train_tokens, device=device), train_y, 1)
         logits = predict_logits(model, test_tokens, device=device)
     return ProbeResult.from_logits(logits, test_y, num_classes, train_loss=losses, train_top1=train_top1)
+
+# %% ../../nbs/40_eval_probe.ipynb #2e560735
+def between_class_share(x: torch.Tensor, y: torch.Tensor, standardize: bool = False, around_zero: bool = False,
+                        chunk: int = 1024) -> float:
+    """tr(S_B) / tr(S_T): the share of the features' (M, ...) variance (flattened to (M, F)) that the class means of `y`
+    (M,) explain; `standardize`: the mean of the per-column shares; `around_zero`: tr(S_B) over the features' energy
+    (sum of squares around zero) instead. Accumulated `chunk` rows at a time in float64 (no copy of all of `x`)."""
+    x = torch.as_tensor(x)
+    x = x.reshape(len(x), -1) if x.ndim > 1 else x[:, None]
+    y = torch.as_tensor(y).long().reshape(-1)
+    if len(y) != len(x): raise ValueError(f"between_class_share: {len(x)} samples but {len(y)} labels")
+    if len(x) < 2: raise ValueError("between_class_share: needs at least 2 samples")
+    if standardize and around_zero: raise ValueError("between_class_share: standardize and around_zero are two different measures; pick one")
+    classes, inv = torch.unique(y, return_inverse=True)
+    M, F = x.shape
+    sums = torch.zeros(len(classes), F, dtype=torch.float64)                      # (C, F) per-class column sums
+    sq = torch.zeros(F, dtype=torch.float64)                                       # (F,) column sums of squares
+    for i in range(0, M, chunk):
+        xb = x[i:i + chunk].double()
+        sums.index_add_(0, inv[i:i + chunk], xb); sq += (xb * xb).sum(0)
+    n = torch.bincount(inv, minlength=len(classes)).double()                       # (C,)
+    grand = sums.sum(0) ** 2 / M                                                   # (F,) M * mean^2
+    between = ((sums ** 2) / n[:, None]).sum(0) - grand                            # (F,) sum_c n_c (mean_c - mean)^2
+    total = (sq - grand).clamp_min(0)                                              # (F,) sum_i (x_i - mean)^2
+    if around_zero: return float(between.sum() / sq.sum()) if sq.sum() > 0 else 0.0
+    if standardize:
+        keep = total > 1e-12 * total.max().clamp_min(1e-300)                       # constant columns carry no variance
+        return float((between[keep] / total[keep]).clamp(0, 1).mean()) if keep.any() else 0.0
+    return float((between.sum() / total.sum()).clamp(0, 1)) if total.sum() > 1e-12 * sq.sum() else 0.0

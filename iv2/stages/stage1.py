@@ -149,8 +149,9 @@ class Stage1Model(nn.Module):
         if lc.centre_momentum:                                  # the targets' running per-position means (iv2.losses.TargetCentre)
             T, N = vc.t_tokens, vc.tokens_per_frame
             if cfg.use_mm: self.clip_centre = TargetCentre(len(lc.clip_layers), (T, self.teachers["mm"].num_prefix + N, lc.teacher_dim),
-                                                           lc.centre_momentum)
-            if cfg.use_motion: self.mae_centre = TargetCentre(len(lc.mae_layers), (T, N, lc.motion_dim), lc.centre_momentum)
+                                                           lc.centre_momentum, scale=lc.target_scale)
+            if cfg.use_motion: self.mae_centre = TargetCentre(len(lc.mae_layers), (T, N, lc.motion_dim), lc.centre_momentum,
+                                                              scale=lc.target_scale)
         self._register_state_dict_hook(_teacher_state_hook)
         self.register_load_state_dict_post_hook(_teacher_load_hook)
 
